@@ -1,0 +1,46 @@
+import { Type } from '@nestjs/common';
+import { NestFactory } from '@nestjs/core';
+import { FastifyAdapter, NestFastifyApplication } from '@nestjs/platform-fastify';
+import { Logger } from 'nestjs-pino';
+import { AppModule } from './app.module';
+import { validateEnv } from './config/env.schema';
+import { REQUEST_ID_HEADER, requestIdFor } from './logging/logging.module';
+
+export const API_PREFIX = 'api/v1/vector';
+
+export interface CreateAppOptions {
+  /** Extra modules (tests register probe controllers this way). */
+  extraModules?: Type[];
+}
+
+/** Builds the Fastify-based Nest application exactly as production runs it, without listening. */
+export async function createApp(options: CreateAppOptions = {}): Promise<NestFastifyApplication> {
+  // Building the module loads `.env` into process.env and validates it (ConfigModule), so a bad
+  // variable stops start-up here, before Nest boots, with one clear line.
+  const appModule = AppModule.forRoot(options.extraModules);
+  const env = validateEnv(process.env);
+  const adapter = new FastifyAdapter({
+    bodyLimit: env.BODY_LIMIT_BYTES,
+    // Logging is pino-http's (LoggingModule); Fastify only assigns the request id it logs.
+    logger: false,
+    genReqId: requestIdFor,
+    // On close, drop idle keep-alive connections at once; in-flight requests still complete.
+    forceCloseConnections: 'idle',
+    return503OnClosing: true,
+  });
+  const app = await NestFactory.create<NestFastifyApplication>(appModule, adapter, {
+    bufferLogs: true,
+    abortOnError: false,
+  });
+  app.useLogger(app.get(Logger));
+  app.setGlobalPrefix(API_PREFIX);
+  app
+    .getHttpAdapter()
+    .getInstance()
+    .addHook('onRequest', (request, reply, done) => {
+      void reply.header(REQUEST_ID_HEADER, request.id);
+      done();
+    });
+
+  return app;
+}

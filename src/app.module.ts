@@ -1,0 +1,35 @@
+import { DynamicModule, Module, Type } from '@nestjs/common';
+import { APP_FILTER, APP_PIPE } from '@nestjs/core';
+import { ProblemDetailsFilter } from './common/problem-details.filter';
+import { createValidationPipe } from './common/validation';
+import { AppConfigModule } from './config/app-config.module';
+import { DatabaseModule } from './database/database.module';
+import { HealthModule } from './health/health.module';
+import { LoggingModule } from './logging/logging.module';
+import { RedisModule } from './redis/redis.module';
+
+@Module({})
+export class AppModule {
+  /**
+   * Built at run time rather than at import time, so configuration is validated when the app is
+   * created (and each test can create an app from its own environment).
+   */
+  static forRoot(extraModules: Type[] = []): DynamicModule {
+    return {
+      module: AppModule,
+      imports: [
+        AppConfigModule.forRoot(),
+        LoggingModule,
+        RedisModule,
+        DatabaseModule,
+        HealthModule,
+        ...extraModules,
+      ],
+      providers: [
+        // As providers (not app.useGlobal*) so tests built from this module behave like production.
+        { provide: APP_PIPE, useFactory: createValidationPipe },
+        { provide: APP_FILTER, useClass: ProblemDetailsFilter },
+      ],
+    };
+  }
+}

@@ -1,0 +1,93 @@
+import { z } from 'zod';
+
+// 0 asks the OS for any free port (tests use it).
+const port = z.coerce.number().int().min(0).max(65535);
+const positiveInt = z.coerce.number().int().positive();
+const nonNegativeInt = z.coerce.number().int().min(0);
+const bool = z
+  .enum(['true', 'false', '1', '0', 'yes', 'no'])
+  .transform((value) => value === 'true' || value === '1' || value === 'yes');
+
+const url = (protocols: string[]) =>
+  z.string().refine(
+    (value) => {
+      try {
+        return protocols.includes(new URL(value).protocol);
+      } catch {
+        return false;
+      }
+    },
+    { message: `must be a URL with scheme ${protocols.map((p) => p.slice(0, -1)).join(' or ')}` },
+  );
+
+/**
+ * Every environment variable the service reads, with its default. Names follow the seed where it
+ * has one. Values are never echoed in error messages: some of them (URLs) carry secrets.
+ */
+export const envSchema = z.object({
+  NODE_ENV: z.enum(['development', 'production', 'test']).default('development'),
+  HOST: z.string().min(1).default('0.0.0.0'),
+  PORT: port.default(3000),
+  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  BODY_LIMIT_BYTES: positiveInt.default(16 * 1024 * 1024),
+  SHUTDOWN_DELAY_MS: nonNegativeInt.default(0),
+  SHUTDOWN_GRACE_MS: positiveInt.default(10_000),
+  HEALTH_CHECK_TIMEOUT_MS: positiveInt.default(1_500),
+
+  DATABASE_URL: url(['postgres:', 'postgresql:']),
+  DATABASE_POOL_MAX: positiveInt.default(10),
+  DATABASE_CONNECT_TIMEOUT_MS: positiveInt.default(5_000),
+  MIGRATE_ON_START: bool.default(true),
+
+  REDIS_URL: url(['redis:', 'rediss:']),
+  REDIS_PASSWORD: z.string().min(1).optional(),
+  REDIS_DB: nonNegativeInt.max(15).optional(),
+  REDIS_CONNECT_TIMEOUT_MS: positiveInt.default(5_000),
+
+  DEFAULT_LOCK_TTL_MS: positiveInt.default(60_000),
+  DEFAULT_WAIT_TIMEOUT_MS: nonNegativeInt.default(30_000),
+  DEFAULT_BACKOFF_MS: positiveInt.default(100),
+
+  DEFAULT_IDEM_TTL_SECONDS: positiveInt.default(3_600),
+  DEFAULT_IN_PROGRESS_TTL: positiveInt.default(300),
+  DEFAULT_IDEM_WAIT_TIMEOUT_MS: nonNegativeInt.default(5_000),
+  DEFAULT_POLL_INTERVAL_MS: positiveInt.default(150),
+});
+
+export type Env = z.infer<typeof envSchema>;
+
+export class ConfigValidationError extends Error {
+  override readonly name = 'ConfigValidationError';
+}
+
+/**
+ * Validates raw environment variables. Throws one single-line error naming every variable that
+ * is missing or invalid, so a failed start-up says exactly what to fix.
+ */
+export function validateEnv(raw: Record<string, unknown>): Env {
+  // An empty variable (`PORT=`) means "not set", as in most shells' and dotenv's eyes.
+  const cleaned = Object.fromEntries(Object.entries(raw).filter(([, value]) => value !== ''));
+  const result = envSchema.safeParse(cleaned);
+  if (result.success) return result.data;
+  const problems = result.error.issues.map((issue) => {
+    const name = issue.path.join('.');
+    const missing = issue.code === 'invalid_type' && cleaned[name] === undefined;
+    return `${name} ${missing ? 'is required' : describeIssue(issue)}`;
+  });
+  throw new ConfigValidationError(`Invalid configuration: ${problems.join('; ')}`);
+}
+
+function describeIssue(issue: z.core.$ZodIssue): string {
+  switch (issue.code) {
+    case 'invalid_value':
+      return `must be one of ${issue.values.map(String).join(', ')}`;
+    case 'too_small':
+      return `must be at least ${String(issue.minimum)}`;
+    case 'too_big':
+      return `must be at most ${String(issue.maximum)}`;
+    case 'invalid_type':
+      return `must be ${issue.expected === 'int' ? 'an integer' : `a ${issue.expected}`}`;
+    default:
+      return issue.message;
+  }
+}

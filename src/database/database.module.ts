@@ -1,0 +1,50 @@
+import { Global, Inject, Logger, Module, OnApplicationShutdown } from '@nestjs/common';
+import { ConfigService } from '@nestjs/config';
+import { Pool } from 'pg';
+import pgvector from 'pgvector/pg';
+import { AppConfigService } from '../config/app-config.module';
+import { PG_POOL } from './database.constants';
+import { runMigrations } from './migrator';
+
+const logger = new Logger('Database');
+
+async function createPool(config: AppConfigService): Promise<Pool> {
+  const connectionString = config.get('DATABASE_URL', { infer: true });
+  // Migrations first: they create the vector extension that every pooled connection's type
+  // registration below looks up.
+  if (config.get('MIGRATE_ON_START', { infer: true })) {
+    await runMigrations(connectionString, { info: (message) => logger.log(message) });
+  }
+  const pool = new Pool({
+    connectionString,
+    max: config.get('DATABASE_POOL_MAX', { infer: true }),
+    connectionTimeoutMillis: config.get('DATABASE_CONNECT_TIMEOUT_MS', { infer: true }),
+    idleTimeoutMillis: 30_000,
+    application_name: 'vector-service',
+    // Awaited for every new connection before it is handed out (unlike pool.on('connect')).
+    // eslint-disable-next-line @typescript-eslint/no-misused-promises -- pg-pool awaits it; @types/pg says void
+    onConnect: (client) => pgvector.registerTypes(client),
+  });
+  // An idle client losing its connection emits 'error' on the pool; unhandled it would crash.
+  pool.on('error', (error) => logger.warn(`idle connection error: ${error.message}`));
+  return pool;
+}
+
+class DatabaseLifecycle implements OnApplicationShutdown {
+  constructor(@Inject(PG_POOL) private readonly pool: Pool) {}
+
+  async onApplicationShutdown(): Promise<void> {
+    // Runs after the HTTP server has drained, so no request still holds a connection.
+    await this.pool.end();
+  }
+}
+
+@Global()
+@Module({
+  providers: [
+    { provide: PG_POOL, inject: [ConfigService], useFactory: createPool },
+    DatabaseLifecycle,
+  ],
+  exports: [PG_POOL],
+})
+export class DatabaseModule {}

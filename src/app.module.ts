@@ -1,12 +1,18 @@
 import { DynamicModule, Module, Type } from '@nestjs/common';
+import { ConfigService } from '@nestjs/config';
 import { APP_FILTER, APP_PIPE } from '@nestjs/core';
 import { ProblemDetailsFilter } from './common/problem-details.filter';
 import { createValidationPipe } from './common/validation';
 import { AppConfigModule } from './config/app-config.module';
+import { PG_POOL } from './database/database.constants';
 import { DatabaseModule } from './database/database.module';
 import { HealthModule } from './health/health.module';
+import { LockModule } from './lock';
 import { LoggingModule } from './logging/logging.module';
+import { MetricsModule } from './metrics/metrics.module';
+import { REDIS_CLIENT } from './redis/redis.constants';
 import { RedisModule } from './redis/redis.module';
+import { lockOptionsFromConfig } from './lock-options';
 
 @Module({})
 export class AppModule {
@@ -20,8 +26,14 @@ export class AppModule {
       imports: [
         AppConfigModule.forRoot(),
         LoggingModule,
+        MetricsModule,
         RedisModule,
         DatabaseModule,
+        LockModule.forRootAsync({
+          isGlobal: true,
+          inject: [ConfigService, REDIS_CLIENT, PG_POOL],
+          useFactory: lockOptionsFromConfig,
+        }),
         HealthModule,
         ...extraModules,
       ],

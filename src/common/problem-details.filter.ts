@@ -1,5 +1,6 @@
 import { ArgumentsHost, Catch, ExceptionFilter, HttpException, Logger } from '@nestjs/common';
 import type { FastifyReply, FastifyRequest } from 'fastify';
+import { knownError } from './known-errors';
 import { PROBLEM_CONTENT_TYPE, ProblemDetails, problem } from './problem';
 
 /** Terminus' health report body, which probes and dashboards expect unchanged on a 503. */
@@ -29,7 +30,18 @@ function detailOf(response: string | object, fallback: string): string {
  * HttpExceptions and Fastify's own (body too large, malformed JSON) — keep it; anything else is
  * an unexpected 500 whose details are logged, never sent.
  */
-export function toProblem(error: unknown, instance?: string): { status: number; body: unknown } {
+export function toProblem(
+  error: unknown,
+  instance?: string,
+): { status: number; body: unknown; retryAfter?: string } {
+  const known = knownError(error);
+  if (known) {
+    return {
+      status: known.status,
+      body: problem(known.status, known.detail, { instance }),
+      retryAfter: known.retryAfterSeconds?.toString(),
+    };
+  }
   if (error instanceof HttpException) {
     const status = error.getStatus();
     const response = error.getResponse();
@@ -56,12 +68,15 @@ export function sendProblem(
   request: FastifyRequest,
   logger: Logger,
 ): void {
-  const { status, body } = toProblem(error, request.url);
-  if (status >= 500 && !(error instanceof HttpException)) {
+  const { status, body, retryAfter } = toProblem(error, request.url);
+  if (status === 500) {
     logger.error(error instanceof Error ? (error.stack ?? error.message) : String(error));
+  } else if (status >= 500 && !(error instanceof HttpException)) {
+    logger.warn(error instanceof Error ? error.message : String(error));
   }
-  const headers = error instanceof HttpException ? retryAfterOf(error) : undefined;
-  if (headers) void reply.header('Retry-After', headers);
+  const retryAfterHeader =
+    retryAfter ?? (error instanceof HttpException ? retryAfterOf(error) : undefined);
+  if (retryAfterHeader) void reply.header('Retry-After', retryAfterHeader);
   const contentType = isHealthReport(body) ? 'application/json' : PROBLEM_CONTENT_TYPE;
   void reply.status(status).header('Content-Type', contentType).send(body);
 }

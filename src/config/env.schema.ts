@@ -8,6 +8,17 @@ const bool = z
   .enum(['true', 'false', '1', '0', 'yes', 'no'])
   .transform((value) => value === 'true' || value === '1' || value === 'yes');
 
+// `host:port,host:port` (Sentinel or Cluster seed nodes).
+const hostList = z
+  .string()
+  .regex(/^[^\s,:]+:\d{1,5}(,[^\s,:]+:\d{1,5})*$/, 'must be a comma-separated list of host:port')
+  .transform((value) =>
+    value.split(',').map((node) => {
+      const at = node.lastIndexOf(':');
+      return { host: node.slice(0, at), port: Number(node.slice(at + 1)) };
+    }),
+  );
+
 const url = (protocols: string[]) =>
   z.string().refine(
     (value) => {
@@ -39,11 +50,22 @@ export const envSchema = z.object({
   DATABASE_CONNECT_TIMEOUT_MS: positiveInt.default(5_000),
   MIGRATE_ON_START: bool.default(true),
 
+  REDIS_MODE: z.enum(['standalone', 'sentinel', 'cluster']).default('standalone'),
   REDIS_URL: url(['redis:', 'rediss:']),
+  REDIS_SENTINELS: hostList.optional(),
+  REDIS_SENTINEL_NAME: z.string().min(1).default('mymaster'),
+  REDIS_CLUSTER_NODES: hostList.optional(),
   REDIS_PASSWORD: z.string().min(1).optional(),
   REDIS_DB: nonNegativeInt.max(15).optional(),
   REDIS_CONNECT_TIMEOUT_MS: positiveInt.default(5_000),
 
+  LOCK_BACKEND: z.enum(['redis', 'memory']).default('redis'),
+  LOCK_PREFIX: z
+    .string()
+    .regex(/^[A-Za-z0-9_:.-]{1,64}$/, 'must be 1-64 letters, digits or _ : . -')
+    .default('lock:'),
+  LOCK_MAX_BACKOFF_MS: positiveInt.default(1_000),
+  LOCK_FAIR_STALE_MS: positiveInt.default(2_000),
   DEFAULT_LOCK_TTL_MS: positiveInt.default(60_000),
   DEFAULT_WAIT_TIMEOUT_MS: nonNegativeInt.default(30_000),
   DEFAULT_BACKOFF_MS: positiveInt.default(100),
@@ -56,6 +78,17 @@ export const envSchema = z.object({
 
 export type Env = z.infer<typeof envSchema>;
 
+/** Topology-specific variables that the schema alone cannot require. */
+const refined = envSchema.superRefine((env, ctx) => {
+  if (env.REDIS_MODE === 'sentinel' && !env.REDIS_SENTINELS) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['REDIS_SENTINELS'],
+      message: 'is required when REDIS_MODE=sentinel',
+    });
+  }
+});
+
 export class ConfigValidationError extends Error {
   override readonly name = 'ConfigValidationError';
 }
@@ -67,7 +100,7 @@ export class ConfigValidationError extends Error {
 export function validateEnv(raw: Record<string, unknown>): Env {
   // An empty variable (`PORT=`) means "not set", as in most shells' and dotenv's eyes.
   const cleaned = Object.fromEntries(Object.entries(raw).filter(([, value]) => value !== ''));
-  const result = envSchema.safeParse(cleaned);
+  const result = refined.safeParse(cleaned);
   if (result.success) return result.data;
   const problems = result.error.issues.map((issue) => {
     const name = issue.path.join('.');

@@ -1,11 +1,10 @@
 import { Inject, Injectable } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { HealthIndicatorResult, HealthIndicatorService } from '@nestjs/terminus';
-import Redis from 'ioredis';
 import { Pool } from 'pg';
 import { Env } from '../config/env.schema';
 import { PG_POOL } from '../database/database.constants';
-import { REDIS_CLIENT } from '../redis/redis.constants';
+import { REDIS_CLIENT, RedisConnection } from '../redis/redis.constants';
 import { ShutdownState } from './shutdown-state';
 
 /** pgvector releases before this build HNSW indexes with a parallel-build overflow bug. */
@@ -37,7 +36,7 @@ export class DependencyIndicators {
 
   constructor(
     private readonly health: HealthIndicatorService,
-    @Inject(REDIS_CLIENT) private readonly redis: Redis,
+    @Inject(REDIS_CLIENT) private readonly redis: RedisConnection,
     @Inject(PG_POOL) private readonly pool: Pool,
     private readonly shutdown: ShutdownState,
     config: ConfigService<Env, true>,

@@ -7,18 +7,25 @@ import {
   OnApplicationShutdown,
   OnModuleInit,
 } from '@nestjs/common';
-import Redis from 'ioredis';
+import Redis, { Cluster, RedisOptions } from 'ioredis';
 import { AppConfigService } from '../config/app-config.module';
 import { Env } from '../config/env.schema';
 import { ConfigService } from '@nestjs/config';
-import { REDIS_CLIENT } from './redis.constants';
+import { REDIS_CLIENT, RedisConnection } from './redis.constants';
 
 const logger = new Logger('Redis');
 
-function createRedisClient(config: AppConfigService): Redis {
-  const client = new Redis(config.get('REDIS_URL', { infer: true }), {
-    password: config.get('REDIS_PASSWORD', { infer: true }),
-    db: config.get('REDIS_DB', { infer: true }),
+/**
+ * The application's Redis client for the configured topology: standalone (REDIS_URL), Sentinel
+ * (REDIS_SENTINELS + REDIS_SENTINEL_NAME) or Cluster (REDIS_CLUSTER_NODES, else REDIS_URL's node).
+ */
+function createRedisClient(config: AppConfigService): RedisConnection {
+  const mode = config.get('REDIS_MODE', { infer: true });
+  const url = new URL(config.get('REDIS_URL', { infer: true }));
+  const options: RedisOptions = {
+    password:
+      config.get('REDIS_PASSWORD', { infer: true }) ??
+      (decodeURIComponent(url.password) || undefined),
     connectionName: 'vector-service',
     // Connect in onModuleInit, once every provider exists: a start-up that fails earlier (say,
     // on migrations) then leaves no socket or reconnect timer behind.
@@ -29,7 +36,28 @@ function createRedisClient(config: AppConfigService): Redis {
     enableOfflineQueue: false,
     maxRetriesPerRequest: 1,
     retryStrategy: (attempt) => Math.min(attempt * 100, 2_000),
-  });
+  };
+  let client: RedisConnection;
+  if (mode === 'cluster') {
+    const nodes = config.get('REDIS_CLUSTER_NODES', { infer: true }) ?? [
+      { host: url.hostname, port: Number(url.port || 6379) },
+    ];
+    client = new Cluster(nodes, {
+      lazyConnect: true,
+      enableOfflineQueue: false,
+      clusterRetryStrategy: (attempt) => Math.min(attempt * 100, 2_000),
+      redisOptions: options,
+    });
+  } else if (mode === 'sentinel') {
+    client = new Redis({
+      ...options,
+      sentinels: config.get('REDIS_SENTINELS', { infer: true }),
+      name: config.get('REDIS_SENTINEL_NAME', { infer: true }),
+      db: config.get('REDIS_DB', { infer: true }),
+    });
+  } else {
+    client = new Redis(url.toString(), { ...options, db: config.get('REDIS_DB', { infer: true }) });
+  }
   // One log line per state change, not one per failed reconnect attempt.
   let healthy = true;
   client.on('ready', () => {
@@ -45,7 +73,7 @@ function createRedisClient(config: AppConfigService): Redis {
 
 class RedisLifecycle implements OnModuleInit, OnApplicationShutdown {
   constructor(
-    @Inject(REDIS_CLIENT) private readonly client: Redis,
+    @Inject(REDIS_CLIENT) private readonly client: RedisConnection,
     private readonly config: ConfigService<Env, true>,
   ) {}
 

@@ -1,0 +1,35 @@
+import {
+  InvalidLockKeyError,
+  LockBackendError,
+  LockLostError,
+  LockNotAcquiredError,
+  StaleFenceError,
+} from '../lock';
+
+export interface KnownError {
+  status: number;
+  detail: string;
+  retryAfterSeconds?: number;
+}
+
+/**
+ * HTTP meaning of the errors that services throw on purpose. Lock contention is a 409 the client
+ * may retry; an unreachable backend is a 503 (fail closed: nothing was written without a lock).
+ */
+export function knownError(error: unknown): KnownError | undefined {
+  if (error instanceof LockNotAcquiredError) {
+    return {
+      status: 409,
+      detail: `${error.message}; another operation holds it`,
+      retryAfterSeconds: Math.max(1, Math.ceil((error.holderTtlMs ?? 1_000) / 1_000)),
+    };
+  }
+  if (error instanceof LockLostError || error instanceof StaleFenceError) {
+    return { status: 409, detail: error.message };
+  }
+  if (error instanceof LockBackendError) {
+    return { status: 503, detail: 'The lock service is unavailable.', retryAfterSeconds: 1 };
+  }
+  if (error instanceof InvalidLockKeyError) return { status: 400, detail: error.message };
+  return undefined;
+}

@@ -1,0 +1,11 @@
+export * from './lock.errors';
+export * from './lock.types';
+export { InvalidLockKeyError, isLockKey } from './lock-keys';
+export { LockModule } from './lock.module';
+export type { LockModuleOptions } from './lock.module-definition';
+export { LockService } from './lock.service';
+export { WithLock } from './with-lock.decorator';
+export type { WithLockMetadata } from './with-lock.decorator';
+export { PostgresFencing } from './postgres-fencing';
+export type { Fenced } from './postgres-fencing';
+export type { RedisConnection } from './redis-lock.backend';

@@ -1,0 +1,67 @@
+import { ForceReleaseResult, LockHolder, LockStatus } from './lock.types';
+
+/** Outcome of one attempt: the fences of the keys taken, or the holder's remaining lease. */
+export type AttemptResult =
+  { acquired: true; fences: number[] } | { acquired: false; holderTtlMs: number | null };
+
+/**
+ * What a lock store must do, atomically per call. LockService builds waiting, leases, the
+ * watchdog and metrics on top; Redis and memory implement this and pass one contract suite.
+ */
+export interface LockBackend {
+  readonly kind: 'redis' | 'memory';
+
+  /** Takes every key (all or none) for `ttlMs`, bumping each key's fence. */
+  tryAcquire(
+    keys: string[],
+    token: string,
+    ttlMs: number,
+    holder: LockHolder,
+  ): Promise<AttemptResult>;
+
+  /**
+   * Fair variant for one key: joins the key's ticket queue (once) and takes the lock only when
+   * first in line. Waiters not seen for `staleMs` are dropped from the head of the queue.
+   */
+  tryAcquireFair(
+    key: string,
+    token: string,
+    ttlMs: number,
+    holder: LockHolder,
+    staleMs: number,
+  ): Promise<AttemptResult>;
+
+  /** Leaves the fair queue (a waiter that gave up). */
+  leaveQueue(key: string, token: string): Promise<void>;
+
+  /** Resets the lease of every key still held by `token`; false if any is no longer ours. */
+  extend(keys: string[], token: string, ttlMs: number): Promise<boolean>;
+
+  /** Removes the keys still held by `token`; returns how many were removed. */
+  release(keys: string[], token: string): Promise<number>;
+
+  status(key: string): Promise<LockStatus>;
+
+  /** Removes the lock whoever holds it and bumps its fence. */
+  forceRelease(key: string): Promise<ForceReleaseResult>;
+
+  /** Calls `listener` when any lock is released (best effort: waiters still poll). */
+  onRelease(listener: (key: string) => void): () => void;
+
+  close(): Promise<void>;
+}
+
+/** Lock values are `<token>:<holder JSON>`, so one GET shows the holder and owner checks need no second key. */
+export function encodeLockValue(token: string, holder: LockHolder): string {
+  return `${token}:${JSON.stringify(holder)}`;
+}
+
+export function decodeLockValue(value: string | null): LockHolder | null {
+  if (value === null) return null;
+  const separator = value.indexOf(':');
+  try {
+    return JSON.parse(value.slice(separator + 1)) as LockHolder;
+  } catch {
+    return null;
+  }
+}

@@ -1,0 +1,348 @@
+import { randomBytes } from 'node:crypto';
+import { AsyncLocalStorage } from 'node:async_hooks';
+import { hostname } from 'node:os';
+import { Inject, Injectable, Logger, OnModuleDestroy } from '@nestjs/common';
+import { HeldLock, HeldLockHooks } from './held-lock';
+import { LockBackend } from './lock-backend';
+import { LOCK_BACKEND } from './lock.constants';
+import { LockBackendError, LockNotAcquiredError } from './lock.errors';
+import { assertLockKey } from './lock-keys';
+import { LockMetrics } from './lock.metrics';
+import { LOCK_MODULE_OPTIONS, LockModuleOptions } from './lock.module-definition';
+import {
+  AcquireOptions,
+  ForceReleaseResult,
+  LockHandle,
+  LockHolder,
+  LockStatus,
+  MultiLockHandle,
+  WithLockOptions,
+} from './lock.types';
+
+const DEFAULTS = {
+  prefix: 'lock:',
+  defaultTtlMs: 60_000,
+  defaultWaitTimeoutMs: 30_000,
+  backoffMs: 50,
+  maxBackoffMs: 1_000,
+  fairStaleMs: 2_000,
+};
+
+interface AcquireRequest extends WithLockOptions {
+  keys: string[];
+  /** Throw LockNotAcquiredError after the wait (true) or return null (false). */
+  mustAcquire: boolean;
+}
+
+/**
+ * Distributed locks with fencing tokens. Acquisition retries with jittered exponential backoff
+ * and is woken early when the key is released; held leases can be renewed by a watchdog that
+ * aborts the holder's signal before the lease could expire unnoticed.
+ */
+@Injectable()
+export class LockService implements OnModuleDestroy {
+  private readonly logger = new Logger('LockService');
+  private readonly settings: typeof DEFAULTS;
+  readonly instanceId: string;
+  private readonly wakers = new Map<string, Set<() => void>>();
+  private unsubscribe?: () => void;
+  private readonly held = new Set<HeldLock>();
+  private readonly context = new AsyncLocalStorage<HeldLock[]>();
+  private readonly hooks: HeldLockHooks;
+
+  constructor(
+    @Inject(LOCK_BACKEND) private readonly backend: LockBackend,
+    @Inject(LOCK_MODULE_OPTIONS) private readonly options: LockModuleOptions,
+    private readonly metrics: LockMetrics,
+  ) {
+    this.settings = { ...DEFAULTS, ...definedOnly(options) };
+    this.instanceId =
+      options.instanceId ?? `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
+    this.hooks = {
+      settled: (lock, lost) => {
+        this.held.delete(lock);
+        this.metrics.released(lock);
+        const operation = operationOf(lock);
+        if (lost) this.metrics.lost.inc({ operation });
+        this.metrics.holdSeconds.observe(
+          { operation },
+          (performance.now() - lock.acquiredAt) / 1000,
+        );
+      },
+      renewalFailed: (lock, error) => {
+        this.metrics.errors.inc({ operation: operationOf(lock) });
+        this.logger.warn(`renewal of ${lock.keys.join(', ')} failed: ${String(error)}`);
+      },
+    };
+  }
+
+  get prefix(): string {
+    return this.settings.prefix;
+  }
+
+  get backendKind(): LockBackend['kind'] {
+    return this.backend.kind;
+  }
+
+  /** Waits up to `waitTimeoutMs` for the lock; throws LockNotAcquiredError after that. */
+  async acquire(
+    key: string,
+    options: AcquireOptions & { renew?: boolean } = {},
+  ): Promise<LockHandle> {
+    return (await this.acquireKeys({ ...options, keys: [key], mustAcquire: true }))!;
+  }
+
+  /** One attempt, no waiting: the handle, or null when the lock is taken. */
+  tryAcquire(
+    key: string,
+    options: Omit<AcquireOptions, 'waitTimeoutMs'> & { renew?: boolean } = {},
+  ): Promise<LockHandle | null> {
+    return this.acquireKeys({ ...options, keys: [key], waitTimeoutMs: 0, mustAcquire: false });
+  }
+
+  /**
+   * Takes every key or none, in one atomic step. Keys are sorted, so two callers asking for
+   * overlapping sets never hold parts of each other's (on Cluster they must share a hash tag).
+   */
+  async acquireMany(
+    keys: string[],
+    options: Omit<AcquireOptions, 'fair'> & { renew?: boolean } = {},
+  ): Promise<MultiLockHandle> {
+    const sorted = [...new Set(keys)].sort();
+    if (sorted.length === 0) throw new RangeError('acquireMany needs at least one key');
+    return (await this.acquireKeys({ ...options, fair: false, keys: sorted, mustAcquire: true }))!;
+  }
+
+  /**
+   * Runs `fn` holding the lock and always releases it, also when `fn` throws. The lease is
+   * renewed every ttl/3 (unless `renew: false`); `handle.signal` aborts if it is lost.
+   */
+  async withLock<T>(
+    key: string,
+    fn: (handle: LockHandle) => Promise<T> | T,
+    options: WithLockOptions = {},
+  ): Promise<T> {
+    const handle = (await this.acquireKeys({
+      renew: true,
+      ...options,
+      keys: [key],
+      mustAcquire: true,
+    }))!;
+    try {
+      const stack = this.context.getStore() ?? [];
+      return await this.context.run([...stack, handle], () => fn(handle));
+    } finally {
+      await handle.release().catch((error: unknown) => {
+        // The lease runs out by itself; the caller's result (or error) matters more.
+        this.logger.warn(`release of ${key} failed: ${String(error)}`);
+      });
+    }
+  }
+
+  /** The innermost lock held through withLock (or @WithLock) in this async context. */
+  current(key?: string): LockHandle | undefined {
+    const stack = this.context.getStore() ?? [];
+    for (let i = stack.length - 1; i >= 0; i--) {
+      if (key === undefined || stack[i].keys.includes(key)) return stack[i];
+    }
+    return undefined;
+  }
+
+  async status(key: string): Promise<LockStatus> {
+    assertLockKey(key, this.settings.prefix);
+    return this.backend.status(key);
+  }
+
+  /**
+   * Removes a lock whoever holds it, for stuck locks. Only keys under the lock prefix. Bumps the
+   * fence so the old holder's later fenced writes fail, and logs an audit line.
+   */
+  async forceRelease(key: string, audit: { by?: string } = {}): Promise<ForceReleaseResult> {
+    assertLockKey(key, this.settings.prefix);
+    const result = await this.backend.forceRelease(key);
+    if (result.released) {
+      this.metrics.forcedReleases.inc();
+      await this.options.onForceRelease?.(result);
+    }
+    this.logger.warn({
+      msg: 'lock force-release',
+      audit: true,
+      lock_key: key,
+      released: result.released,
+      previous_holder: result.previousHolder,
+      fence: result.fence,
+      by: audit.by ?? 'unknown',
+    });
+    return result;
+  }
+
+  async onModuleDestroy(): Promise<void> {
+    this.unsubscribe?.();
+    // Leases still held by this instance are handed back rather than left to expire.
+    await Promise.allSettled([...this.held].map((lock) => lock.release()));
+    await this.backend.close();
+  }
+
+  private async acquireKeys(request: AcquireRequest): Promise<HeldLock | null> {
+    const { keys } = request;
+    for (const key of keys) assertLockKey(key, this.settings.prefix);
+    const ttlMs = request.ttlMs ?? this.settings.defaultTtlMs;
+    const waitMs = request.waitTimeoutMs ?? this.settings.defaultWaitTimeoutMs;
+    if (!(ttlMs > 0) || !(waitMs >= 0))
+      throw new RangeError('ttlMs must be > 0, waitTimeoutMs >= 0');
+    const operation = request.operation ?? 'unnamed';
+    const token = randomBytes(16).toString('base64url');
+    const holder: LockHolder = {
+      instanceId: this.instanceId,
+      pid: process.pid,
+      operation: request.operation,
+      acquiredAt: Date.now(),
+    };
+    const fair = request.fair === true && keys.length === 1;
+    const started = performance.now();
+    const deadline = started + waitMs;
+    this.metrics.attempts.inc({ operation });
+    const wake = waitMs > 0 ? this.wakeOnRelease(keys) : undefined;
+    try {
+      for (let attempt = 0; ; attempt++) {
+        const leaseStartedAt = performance.now();
+        const result = await this.attempt(keys, token, ttlMs, holder, fair, operation);
+        if (result.acquired) {
+          const lock = new HeldLock(
+            this.backend,
+            this.hooks,
+            this.logger,
+            keys,
+            token,
+            result.fences,
+            ttlMs,
+            leaseStartedAt,
+            request.renew === true,
+          );
+          operations.set(lock, operation);
+          this.held.add(lock);
+          this.metrics.holding(lock, operation);
+          this.metrics.acquired.inc({ operation });
+          this.metrics.waitSeconds.observe({ operation }, (performance.now() - started) / 1000);
+          return lock;
+        }
+        this.metrics.conflicts.inc({ operation });
+        const left = deadline - performance.now();
+        if (left <= 0) {
+          if (fair) await this.backend.leaveQueue(keys[0], token).catch(() => undefined);
+          if (!request.mustAcquire) return null;
+          this.metrics.timeouts.inc({ operation });
+          throw new LockNotAcquiredError(
+            keys.join(', '),
+            Math.round(performance.now() - started),
+            result.holderTtlMs ?? undefined,
+          );
+        }
+        let delay = this.backoff(attempt);
+        // The holder's lease ends then at the latest: try again right after.
+        if (result.holderTtlMs !== null) delay = Math.min(delay, result.holderTtlMs + 1);
+        // A fair waiter must keep showing up, or it is skipped as dead.
+        if (fair) delay = Math.min(delay, this.settings.fairStaleMs / 4);
+        await wake!.sleep(Math.min(delay, left), request.signal);
+      }
+    } catch (error) {
+      if (fair) await this.backend.leaveQueue(keys[0], token).catch(() => undefined);
+      throw error;
+    } finally {
+      wake?.dispose();
+    }
+  }
+
+  private async attempt(
+    keys: string[],
+    token: string,
+    ttlMs: number,
+    holder: LockHolder,
+    fair: boolean,
+    operation: string,
+  ) {
+    try {
+      return fair
+        ? await this.backend.tryAcquireFair(
+            keys[0],
+            token,
+            ttlMs,
+            holder,
+            this.settings.fairStaleMs,
+          )
+        : await this.backend.tryAcquire(keys, token, ttlMs, holder);
+    } catch (error) {
+      this.metrics.errors.inc({ operation });
+      throw error instanceof LockBackendError
+        ? error
+        : new LockBackendError(keys.join(', '), error);
+    }
+  }
+
+  /** Full-jitter exponential backoff: uniform in [0.5, 1] × min(max, base × 2^attempt). */
+  private backoff(attempt: number): number {
+    const ceiling = Math.min(this.settings.maxBackoffMs, this.settings.backoffMs * 2 ** attempt);
+    return ceiling * (0.5 + Math.random() / 2);
+  }
+
+  /** Lets a waiter sleep until its backoff ends or one of its keys is released, whichever is first. */
+  private wakeOnRelease(keys: string[]) {
+    this.unsubscribe ??= this.backend.onRelease((key) => {
+      for (const wake of this.wakers.get(key) ?? []) wake();
+    });
+    let wakeNow: (() => void) | undefined;
+    let released = false;
+    const waker = () => {
+      released = true;
+      wakeNow?.();
+    };
+    for (const key of keys) {
+      const set = this.wakers.get(key) ?? new Set();
+      set.add(waker);
+      this.wakers.set(key, set);
+    }
+    return {
+      sleep: (ms: number, signal?: AbortSignal) =>
+        new Promise<void>((resolve, reject) => {
+          signal?.throwIfAborted();
+          // A release that arrived while we were busy with the last attempt counts too.
+          if (released) {
+            released = false;
+            resolve();
+            return;
+          }
+          const done = () => {
+            clearTimeout(timer);
+            signal?.removeEventListener('abort', abort);
+            wakeNow = undefined;
+            released = false;
+            resolve();
+          };
+          const abort = () => {
+            clearTimeout(timer);
+            wakeNow = undefined;
+            reject(signal?.reason as Error);
+          };
+          const timer = setTimeout(done, ms);
+          wakeNow = done;
+          signal?.addEventListener('abort', abort, { once: true });
+        }),
+      dispose: () => {
+        for (const key of keys) {
+          const set = this.wakers.get(key);
+          set?.delete(waker);
+          if (set?.size === 0) this.wakers.delete(key);
+        }
+      },
+    };
+  }
+}
+
+const operations = new WeakMap<HeldLock, string>();
+const operationOf = (lock: HeldLock) => operations.get(lock) ?? 'unnamed';
+
+function definedOnly<T extends object>(object: T): Partial<T> {
+  return Object.fromEntries(
+    Object.entries(object).filter(([, value]) => value !== undefined),
+  ) as Partial<T>;
+}

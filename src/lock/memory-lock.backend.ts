@@ -1,0 +1,171 @@
+import { AttemptResult, LockBackend, decodeLockValue, encodeLockValue } from './lock-backend';
+import { ForceReleaseResult, LockHolder, LockStatus } from './lock.types';
+
+interface Entry {
+  value: string;
+  expiresAt: number;
+}
+
+interface Waiter {
+  token: string;
+  seenAt: number;
+}
+
+/**
+ * Single-process lock store with the Redis backend's semantics (leases, fences, fair queue).
+ * For tests and single-instance deployments only: it gives no exclusion across processes.
+ */
+export class MemoryLockBackend implements LockBackend {
+  readonly kind = 'memory';
+  private readonly locks = new Map<string, Entry>();
+  private readonly fences = new Map<string, number>();
+  private readonly queues = new Map<string, Waiter[]>();
+  private readonly listeners = new Set<(key: string) => void>();
+
+  tryAcquire(
+    keys: string[],
+    token: string,
+    ttlMs: number,
+    holder: LockHolder,
+  ): Promise<AttemptResult> {
+    for (const key of keys) {
+      const entry = this.live(key);
+      if (entry) return Promise.resolve({ acquired: false, holderTtlMs: this.ttlOf(entry) });
+    }
+    return Promise.resolve({
+      acquired: true,
+      fences: keys.map((key) => this.take(key, token, ttlMs, holder)),
+    });
+  }
+
+  tryAcquireFair(
+    key: string,
+    token: string,
+    ttlMs: number,
+    holder: LockHolder,
+    staleMs: number,
+  ): Promise<AttemptResult> {
+    const now = Date.now();
+    const queue = this.queues.get(key) ?? [];
+    this.queues.set(key, queue);
+    const me = queue.find((waiter) => waiter.token === token);
+    if (me) me.seenAt = now;
+    else queue.push({ token, seenAt: now });
+    while (queue[0].token !== token && now - queue[0].seenAt > staleMs) queue.shift();
+    const entry = this.live(key);
+    if (queue[0].token !== token || entry) {
+      return Promise.resolve({ acquired: false, holderTtlMs: entry ? this.ttlOf(entry) : null });
+    }
+    queue.shift();
+    if (queue.length === 0) this.queues.delete(key);
+    return Promise.resolve({ acquired: true, fences: [this.take(key, token, ttlMs, holder)] });
+  }
+
+  leaveQueue(key: string, token: string): Promise<void> {
+    const queue = this.queues.get(key);
+    if (queue) {
+      const rest = queue.filter((waiter) => waiter.token !== token);
+      if (rest.length > 0) this.queues.set(key, rest);
+      else this.queues.delete(key);
+    }
+    return Promise.resolve();
+  }
+
+  extend(keys: string[], token: string, ttlMs: number): Promise<boolean> {
+    const entries = keys.map((key) => this.live(key));
+    if (entries.some((entry) => !entry || !ownedBy(entry, token))) return Promise.resolve(false);
+    for (const entry of entries) entry!.expiresAt = Date.now() + ttlMs;
+    return Promise.resolve(true);
+  }
+
+  release(keys: string[], token: string): Promise<number> {
+    let released = 0;
+    for (const key of keys) {
+      const entry = this.live(key);
+      if (entry && ownedBy(entry, token)) {
+        this.locks.delete(key);
+        released++;
+        this.announce(key);
+      }
+    }
+    return Promise.resolve(released);
+  }
+
+  status(key: string): Promise<LockStatus> {
+    const entry = this.live(key);
+    return Promise.resolve({
+      key,
+      locked: entry !== undefined,
+      ttlMs: entry ? this.ttlOf(entry) : null,
+      holder: entry ? decodeLockValue(entry.value) : null,
+      fence: this.fences.get(key) ?? 0,
+    });
+  }
+
+  forceRelease(key: string): Promise<ForceReleaseResult> {
+    const entry = this.live(key);
+    if (!entry) {
+      return Promise.resolve({
+        key,
+        released: false,
+        previousHolder: null,
+        fence: this.fences.get(key) ?? 0,
+      });
+    }
+    this.locks.delete(key);
+    const fence = this.bumpFence(key);
+    this.announce(key);
+    return Promise.resolve({
+      key,
+      released: true,
+      previousHolder: decodeLockValue(entry.value),
+      fence,
+    });
+  }
+
+  onRelease(listener: (key: string) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  close(): Promise<void> {
+    this.listeners.clear();
+    return Promise.resolve();
+  }
+
+  private take(key: string, token: string, ttlMs: number, holder: LockHolder): number {
+    this.locks.set(key, { value: encodeLockValue(token, holder), expiresAt: Date.now() + ttlMs });
+    return this.bumpFence(key);
+  }
+
+  private bumpFence(key: string): number {
+    const fence = (this.fences.get(key) ?? 0) + 1;
+    this.fences.set(key, fence);
+    return fence;
+  }
+
+  /** The entry if its lease has not run out; expired entries are dropped lazily, as Redis does. */
+  private live(key: string): Entry | undefined {
+    const entry = this.locks.get(key);
+    if (entry && entry.expiresAt <= Date.now()) {
+      this.locks.delete(key);
+      return undefined;
+    }
+    return entry;
+  }
+
+  private ttlOf(entry: Entry): number {
+    return Math.max(0, entry.expiresAt - Date.now());
+  }
+
+  private announce(key: string): void {
+    // Asynchronously, as a pub/sub message would arrive: never inside the releaser's call.
+    queueMicrotask(() => {
+      for (const listener of this.listeners) listener(key);
+    });
+  }
+}
+
+function ownedBy(entry: Entry, token: string): boolean {
+  return entry.value.startsWith(`${token}:`);
+}

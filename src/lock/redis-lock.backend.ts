@@ -1,0 +1,205 @@
+import { Logger } from '@nestjs/common';
+import calculateSlot from 'cluster-key-slot';
+import Redis, { Cluster } from 'ioredis';
+import { AttemptResult, LockBackend, decodeLockValue, encodeLockValue } from './lock-backend';
+import { LockBackendError } from './lock.errors';
+import { siblingKey } from './lock-keys';
+import { ForceReleaseResult, LockHolder, LockStatus } from './lock.types';
+import {
+  ACQUIRE,
+  ACQUIRE_FAIR,
+  EXTEND,
+  FORCE_RELEASE,
+  LEAVE_QUEUE,
+  RELEASE,
+} from './redis-lock.scripts';
+
+export type RedisConnection = Redis | Cluster;
+
+type ScriptCommand = (numberOfKeys: number, ...args: (string | number)[]) => Promise<unknown>;
+
+// Registered once per client with defineCommand: ioredis sends EVALSHA and falls back to EVAL on
+// NOSCRIPT (a restarted or failed-over server), so scripts are never resent needlessly.
+const SCRIPTS = {
+  lockAcquire: ACQUIRE,
+  lockAcquireFair: ACQUIRE_FAIR,
+  lockLeaveQueue: LEAVE_QUEUE,
+  lockExtend: EXTEND,
+  lockRelease: RELEASE,
+  lockForceRelease: FORCE_RELEASE,
+} as const;
+
+type ScriptName = keyof typeof SCRIPTS;
+
+const fenceKey = (key: string) => siblingKey(key, 'fence');
+
+/** Redis (standalone, Sentinel or Cluster) lock store; one round trip per operation. */
+export class RedisLockBackend implements LockBackend {
+  readonly kind = 'redis';
+  private readonly logger = new Logger('RedisLockBackend');
+  private subscriber?: RedisConnection;
+  private readonly listeners = new Set<(key: string) => void>();
+
+  constructor(
+    private readonly redis: RedisConnection,
+    /** Pub/sub channel on which releases are announced to waiters. */
+    private readonly releaseChannel: string,
+  ) {
+    for (const [name, lua] of Object.entries(SCRIPTS)) {
+      if (!(name in redis)) redis.defineCommand(name, { lua });
+    }
+  }
+
+  async tryAcquire(
+    keys: string[],
+    token: string,
+    ttlMs: number,
+    holder: LockHolder,
+  ): Promise<AttemptResult> {
+    this.assertSameSlot(keys);
+    const reply = (await this.run(
+      'lockAcquire',
+      keys[0],
+      [...keys, ...keys.map(fenceKey)],
+      [encodeLockValue(token, holder), ttlMs],
+    )) as number[];
+    return toAttempt(reply);
+  }
+
+  async tryAcquireFair(
+    key: string,
+    token: string,
+    ttlMs: number,
+    holder: LockHolder,
+    staleMs: number,
+  ): Promise<AttemptResult> {
+    const keys = [
+      key,
+      fenceKey(key),
+      siblingKey(key, 'queue'),
+      siblingKey(key, 'seen'),
+      siblingKey(key, 'ticket'),
+    ];
+    const reply = (await this.run('lockAcquireFair', key, keys, [
+      encodeLockValue(token, holder),
+      ttlMs,
+      token,
+      staleMs,
+    ])) as number[];
+    return toAttempt(reply);
+  }
+
+  async leaveQueue(key: string, token: string): Promise<void> {
+    await this.run(
+      'lockLeaveQueue',
+      key,
+      [siblingKey(key, 'queue'), siblingKey(key, 'seen')],
+      [token],
+    );
+  }
+
+  async extend(keys: string[], token: string, ttlMs: number): Promise<boolean> {
+    return (await this.run('lockExtend', keys[0], keys, [`${token}:`, ttlMs])) === 1;
+  }
+
+  async release(keys: string[], token: string): Promise<number> {
+    return (await this.run('lockRelease', keys[0], keys, [
+      `${token}:`,
+      this.releaseChannel,
+    ])) as number;
+  }
+
+  async status(key: string): Promise<LockStatus> {
+    try {
+      // Three reads of one slot; a lock released between them shows as free with no holder.
+      const [value, ttl, fence] = await Promise.all([
+        this.redis.get(key),
+        this.redis.pttl(key),
+        this.redis.get(fenceKey(key)),
+      ]);
+      const holder = decodeLockValue(value);
+      return {
+        key,
+        locked: value !== null,
+        ttlMs: value !== null && ttl >= 0 ? ttl : null,
+        holder,
+        fence: Number(fence ?? 0),
+      };
+    } catch (error) {
+      throw new LockBackendError(key, error);
+    }
+  }
+
+  async forceRelease(key: string): Promise<ForceReleaseResult> {
+    const [value, fence] = (await this.run(
+      'lockForceRelease',
+      key,
+      [key, fenceKey(key)],
+      [this.releaseChannel],
+    )) as [string | null, number];
+    return { key, released: value !== null, previousHolder: decodeLockValue(value), fence };
+  }
+
+  onRelease(listener: (key: string) => void): () => void {
+    this.listeners.add(listener);
+    this.ensureSubscribed();
+    return () => this.listeners.delete(listener);
+  }
+
+  async close(): Promise<void> {
+    const subscriber = this.subscriber;
+    this.subscriber = undefined;
+    this.listeners.clear();
+    if (subscriber) await subscriber.quit().catch(() => subscriber.disconnect());
+  }
+
+  /**
+   * One subscriber connection per backend, opened on first use. While it is down, waiters keep
+   * polling with backoff, so a lost notification costs latency, never correctness.
+   */
+  private ensureSubscribed(): void {
+    if (this.subscriber) return;
+    const subscriber = this.redis.duplicate();
+    this.subscriber = subscriber;
+    subscriber.on('error', (error: Error) => {
+      this.logger.debug(`release subscriber: ${error.message}`);
+    });
+    subscriber.on('message', (_channel: string, key: string) => {
+      for (const listener of this.listeners) listener(key);
+    });
+    subscriber.subscribe(this.releaseChannel).catch((error: unknown) => {
+      this.logger.warn(`cannot subscribe to lock releases, waiters will poll: ${String(error)}`);
+    });
+  }
+
+  private assertSameSlot(keys: string[]): void {
+    if (keys.length < 2 || !(this.redis instanceof Cluster)) return;
+    const slot = calculateSlot(keys[0]);
+    if (keys.some((key) => calculateSlot(key) !== slot)) {
+      throw new LockBackendError(
+        keys.join(', '),
+        new Error('on Redis Cluster, keys locked together must share a {hash tag}'),
+      );
+    }
+  }
+
+  private async run(
+    script: ScriptName,
+    key: string,
+    keys: string[],
+    args: (string | number)[],
+  ): Promise<unknown> {
+    const command = (this.redis as unknown as Record<ScriptName, ScriptCommand>)[script];
+    try {
+      return await command.call(this.redis, keys.length, ...keys, ...args);
+    } catch (error) {
+      throw new LockBackendError(key, error);
+    }
+  }
+}
+
+function toAttempt(reply: number[]): AttemptResult {
+  if (reply[0] === 1) return { acquired: true, fences: reply.slice(1).map(Number) };
+  const ttl = Number(reply[1]);
+  return { acquired: false, holderTtlMs: ttl >= 0 ? ttl : null };
+}

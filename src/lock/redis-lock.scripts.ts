@@ -1,0 +1,126 @@
+/**
+ * Lua scripts of RedisLockBackend. Each runs atomically on the server; every key one script
+ * touches shares a hash tag with its lock key (see siblingKey), so they work on Redis Cluster.
+ * Lock values are `<token>:<holder JSON>`; ownership is a prefix match on `<token>:`.
+ */
+
+/**
+ * Takes N locks, all or none, and bumps each one's fence.
+ * KEYS[1..N] lock keys, KEYS[N+1..2N] their fence counters.
+ * ARGV[1] lock value, ARGV[2] ttl in ms.
+ * Returns {1, fence1, ..., fenceN} when taken, else {0, pttl of the first taken key}.
+ */
+export const ACQUIRE = `
+local n = #KEYS / 2
+if n == 1 then
+  if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    return {0, redis.call('PTTL', KEYS[1])}
+  end
+  return {1, redis.call('INCR', KEYS[2])}
+end
+for i = 1, n do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    return {0, redis.call('PTTL', KEYS[i])}
+  end
+end
+local result = {1}
+for i = 1, n do
+  redis.call('SET', KEYS[i], ARGV[1], 'PX', ARGV[2])
+  result[i + 1] = redis.call('INCR', KEYS[n + i])
+end
+return result
+`;
+
+/**
+ * Fair acquire of one lock through a ticket queue (a sorted set scored by arrival ticket).
+ * KEYS[1] lock, KEYS[2] fence counter, KEYS[3] queue (zset token -> ticket),
+ * KEYS[4] last-seen times (hash token -> ms), KEYS[5] ticket counter.
+ * ARGV[1] lock value, ARGV[2] ttl in ms, ARGV[3] waiter token, ARGV[4] stale-after ms.
+ * Returns {1, fence} when taken, else {0, pttl of the holder (-2 if none)}.
+ */
+export const ACQUIRE_FAIR = `
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local token, stale = ARGV[3], tonumber(ARGV[4])
+if not redis.call('ZSCORE', KEYS[3], token) then
+  redis.call('ZADD', KEYS[3], redis.call('INCR', KEYS[5]), token)
+end
+redis.call('HSET', KEYS[4], token, now)
+local keep = math.max(60000, stale * 4)
+redis.call('PEXPIRE', KEYS[3], keep)
+redis.call('PEXPIRE', KEYS[4], keep)
+redis.call('PEXPIRE', KEYS[5], keep)
+while true do
+  local head = redis.call('ZRANGE', KEYS[3], 0, 0)[1]
+  if head == token then break end
+  local seen = tonumber(redis.call('HGET', KEYS[4], head) or '0')
+  if now - seen <= stale then
+    return {0, redis.call('PTTL', KEYS[1])}
+  end
+  redis.call('ZREM', KEYS[3], head)
+  redis.call('HDEL', KEYS[4], head)
+end
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {0, redis.call('PTTL', KEYS[1])}
+end
+redis.call('ZREM', KEYS[3], token)
+redis.call('HDEL', KEYS[4], token)
+return {1, redis.call('INCR', KEYS[2])}
+`;
+
+/**
+ * Leaves the fair queue.
+ * KEYS[1] queue, KEYS[2] last-seen hash. ARGV[1] waiter token.
+ */
+export const LEAVE_QUEUE = `
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+return 1
+`;
+
+/**
+ * Compare-and-pexpire of every lock held by the owner; all or none.
+ * KEYS[1..N] lock keys. ARGV[1] `<token>:`, ARGV[2] ttl in ms.
+ * Returns 1 when every key was ours and is extended, else 0 (nothing changed).
+ */
+export const EXTEND = `
+for i = 1, #KEYS do
+  local value = redis.call('GET', KEYS[i])
+  if not value or string.sub(value, 1, #ARGV[1]) ~= ARGV[1] then return 0 end
+end
+for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[2]) end
+return 1
+`;
+
+/**
+ * Compare-and-delete of the locks still held by the owner, then a wake-up for waiters.
+ * KEYS[1..N] lock keys. ARGV[1] `<token>:`, ARGV[2] release channel ('' for none).
+ * Returns the number of keys removed.
+ */
+export const RELEASE = `
+local released = 0
+for i = 1, #KEYS do
+  local value = redis.call('GET', KEYS[i])
+  if value and string.sub(value, 1, #ARGV[1]) == ARGV[1] then
+    redis.call('DEL', KEYS[i])
+    released = released + 1
+    if ARGV[2] ~= '' then redis.call('PUBLISH', ARGV[2], KEYS[i]) end
+  end
+end
+return released
+`;
+
+/**
+ * Removes a lock whoever holds it and bumps its fence, so the old holder's fenced writes fail.
+ * KEYS[1] lock key, KEYS[2] fence counter. ARGV[1] release channel ('' for none).
+ * Returns {removed value or false, fence after the call}.
+ */
+export const FORCE_RELEASE = `
+local value = redis.call('GET', KEYS[1])
+if not value then
+  return {false, tonumber(redis.call('GET', KEYS[2]) or '0')}
+end
+redis.call('DEL', KEYS[1])
+if ARGV[1] ~= '' then redis.call('PUBLISH', ARGV[1], KEYS[1]) end
+return {value, redis.call('INCR', KEYS[2])}
+`;

@@ -7,12 +7,13 @@ import { AppConfigModule } from './config/app-config.module';
 import { PG_POOL } from './database/database.constants';
 import { DatabaseModule } from './database/database.module';
 import { HealthModule } from './health/health.module';
+import { IdempotencyModule } from './idempotency';
 import { LockModule } from './lock';
 import { LoggingModule } from './logging/logging.module';
 import { MetricsModule } from './metrics/metrics.module';
 import { REDIS_CLIENT } from './redis/redis.constants';
 import { RedisModule } from './redis/redis.module';
-import { lockOptionsFromConfig } from './lock-options';
+import { idempotencyOptionsFromConfig, lockOptionsFromConfig } from './coordination-options';
 
 @Module({})
 export class AppModule {
@@ -33,6 +34,11 @@ export class AppModule {
           isGlobal: true,
           inject: [ConfigService, REDIS_CLIENT, PG_POOL],
           useFactory: lockOptionsFromConfig,
+        }),
+        IdempotencyModule.forRootAsync({
+          isGlobal: true,
+          inject: [ConfigService, REDIS_CLIENT],
+          useFactory: idempotencyOptionsFromConfig,
         }),
         HealthModule,
         ...extraModules,

@@ -5,6 +5,7 @@ import {
   LockNotAcquiredError,
   StaleFenceError,
 } from '../lock';
+import { IdempotencyBackendError } from '../idempotency/idempotency.errors';
 
 export interface KnownError {
   status: number;
@@ -29,6 +30,9 @@ export function knownError(error: unknown): KnownError | undefined {
   }
   if (error instanceof LockBackendError) {
     return { status: 503, detail: 'The lock service is unavailable.', retryAfterSeconds: 1 };
+  }
+  if (error instanceof IdempotencyBackendError) {
+    return { status: 503, detail: 'The idempotency store is unavailable.', retryAfterSeconds: 1 };
   }
   if (error instanceof InvalidLockKeyError) return { status: 400, detail: error.message };
   return undefined;

@@ -1,5 +1,6 @@
 import { ArgumentsHost, Catch, ExceptionFilter, HttpException, Logger } from '@nestjs/common';
 import type { FastifyReply, FastifyRequest } from 'fastify';
+import { ReplayedResponse } from '../idempotency/replayed-response';
 import { knownError } from './known-errors';
 import { PROBLEM_CONTENT_TYPE, ProblemDetails, problem } from './problem';
 
@@ -68,6 +69,14 @@ export function sendProblem(
   request: FastifyRequest,
   logger: Logger,
 ): void {
+  if (error instanceof ReplayedResponse) {
+    void reply
+      .status(error.statusCode)
+      .header('Idempotent-Replayed', 'true')
+      .header('Content-Type', error.contentType)
+      .send(error.body);
+    return;
+  }
   const { status, body, retryAfter } = toProblem(error, request.url);
   if (status === 500) {
     logger.error(error instanceof Error ? (error.stack ?? error.message) : String(error));

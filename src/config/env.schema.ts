@@ -70,6 +70,7 @@ export const envSchema = z.object({
   DEFAULT_WAIT_TIMEOUT_MS: nonNegativeInt.default(30_000),
   DEFAULT_BACKOFF_MS: positiveInt.default(100),
 
+  IDEMPOTENCY_BACKEND: z.enum(['redis', 'memory']).default('redis'),
   DEFAULT_IDEM_TTL_SECONDS: positiveInt.default(3_600),
   DEFAULT_IN_PROGRESS_TTL: positiveInt.default(300),
   DEFAULT_IDEM_WAIT_TIMEOUT_MS: nonNegativeInt.default(5_000),

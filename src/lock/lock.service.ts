@@ -2,6 +2,8 @@ import { randomBytes } from 'node:crypto';
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { hostname } from 'node:os';
 import { Inject, Injectable, Logger, OnModuleDestroy } from '@nestjs/common';
+import { KeyedWakeups, Wakeable } from '../common/keyed-wakeups';
+import { definedOnly } from '../common/objects';
 import { HeldLock, HeldLockHooks } from './held-lock';
 import { LockBackend } from './lock-backend';
 import { LOCK_BACKEND } from './lock.constants';
@@ -44,7 +46,7 @@ export class LockService implements OnModuleDestroy {
   private readonly logger = new Logger('LockService');
   private readonly settings: typeof DEFAULTS;
   readonly instanceId: string;
-  private readonly wakers = new Map<string, Set<() => void>>();
+  private readonly wakeups = new KeyedWakeups();
   private unsubscribe?: () => void;
   private readonly held = new Set<HeldLock>();
   private readonly context = new AsyncLocalStorage<HeldLock[]>();
@@ -286,63 +288,11 @@ export class LockService implements OnModuleDestroy {
   }
 
   /** Lets a waiter sleep until its backoff ends or one of its keys is released, whichever is first. */
-  private wakeOnRelease(keys: string[]) {
-    this.unsubscribe ??= this.backend.onRelease((key) => {
-      for (const wake of this.wakers.get(key) ?? []) wake();
-    });
-    let wakeNow: (() => void) | undefined;
-    let released = false;
-    const waker = () => {
-      released = true;
-      wakeNow?.();
-    };
-    for (const key of keys) {
-      const set = this.wakers.get(key) ?? new Set();
-      set.add(waker);
-      this.wakers.set(key, set);
-    }
-    return {
-      sleep: (ms: number, signal?: AbortSignal) =>
-        new Promise<void>((resolve, reject) => {
-          signal?.throwIfAborted();
-          // A release that arrived while we were busy with the last attempt counts too.
-          if (released) {
-            released = false;
-            resolve();
-            return;
-          }
-          const done = () => {
-            clearTimeout(timer);
-            signal?.removeEventListener('abort', abort);
-            wakeNow = undefined;
-            released = false;
-            resolve();
-          };
-          const abort = () => {
-            clearTimeout(timer);
-            wakeNow = undefined;
-            reject(signal?.reason as Error);
-          };
-          const timer = setTimeout(done, ms);
-          wakeNow = done;
-          signal?.addEventListener('abort', abort, { once: true });
-        }),
-      dispose: () => {
-        for (const key of keys) {
-          const set = this.wakers.get(key);
-          set?.delete(waker);
-          if (set?.size === 0) this.wakers.delete(key);
-        }
-      },
-    };
+  private wakeOnRelease(keys: string[]): Wakeable {
+    this.unsubscribe ??= this.backend.onRelease((key) => this.wakeups.notify(key));
+    return this.wakeups.waiter(keys);
   }
 }
 
 const operations = new WeakMap<HeldLock, string>();
 const operationOf = (lock: HeldLock) => operations.get(lock) ?? 'unnamed';
-
-function definedOnly<T extends object>(object: T): Partial<T> {
-  return Object.fromEntries(
-    Object.entries(object).filter(([, value]) => value !== undefined),
-  ) as Partial<T>;
-}

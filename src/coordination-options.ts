@@ -1,6 +1,7 @@
 import { ConfigService } from '@nestjs/config';
 import type { Pool } from 'pg';
 import { Env } from './config/env.schema';
+import { IdempotencyModuleOptions } from './idempotency';
 import { LockModuleOptions, PostgresFencing } from './lock';
 import type { RedisConnection } from './redis/redis.constants';
 
@@ -25,5 +26,22 @@ export function lockOptionsFromConfig(
     maxBackoffMs: config.get('LOCK_MAX_BACKOFF_MS', { infer: true }),
     fairStaleMs: config.get('LOCK_FAIR_STALE_MS', { infer: true }),
     onForceRelease: ({ key, fence }) => fencing.advance(pool, { key, fence }),
+  };
+}
+
+/** The service's IdempotencyModule options: the seed's DEFAULT_* variables as defaults. */
+export function idempotencyOptionsFromConfig(
+  config: ConfigService<Env, true>,
+  redis: RedisConnection,
+): IdempotencyModuleOptions {
+  return {
+    backend: config.get('IDEMPOTENCY_BACKEND', { infer: true }),
+    redis,
+    defaults: {
+      ttl_seconds: config.get('DEFAULT_IDEM_TTL_SECONDS', { infer: true }),
+      in_progress_ttl: config.get('DEFAULT_IN_PROGRESS_TTL', { infer: true }),
+      wait_timeout_ms: config.get('DEFAULT_IDEM_WAIT_TIMEOUT_MS', { infer: true }),
+      poll_interval_ms: config.get('DEFAULT_POLL_INTERVAL_MS', { infer: true }),
+    },
   };
 }

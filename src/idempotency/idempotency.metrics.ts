@@ -1,0 +1,42 @@
+import { Injectable, Optional } from '@nestjs/common';
+import { Counter, Histogram, Registry } from 'prom-client';
+
+export type SingleflightEvent =
+  /** A cached result answered at once. */
+  | 'hit'
+  /** This caller led and ran the worker. */
+  | 'miss'
+  /** A follower waited and got the leader's result. */
+  | 'wait'
+  /** A follower found the leader gone and ran the worker itself. */
+  | 'takeover'
+  | 'timeout'
+  | 'worker_error'
+  /** A leader finished after losing its record: its result was not stored. */
+  | 'stale_completion';
+
+@Injectable()
+export class IdempotencyMetrics {
+  readonly events: Counter<'scope' | 'event'>;
+  readonly followerWaitSeconds: Histogram<'scope'>;
+
+  constructor(@Optional() registry: Registry = new Registry()) {
+    this.events = new Counter({
+      name: 'idempotency_singleflight_total',
+      help: 'Single-flight calls by outcome: hit, miss, wait, takeover, timeout, worker_error, stale_completion.',
+      labelNames: ['scope', 'event'] as const,
+      registers: [registry],
+    });
+    this.followerWaitSeconds = new Histogram({
+      name: 'idempotency_follower_wait_seconds',
+      help: 'Time followers waited for a leader.',
+      labelNames: ['scope'] as const,
+      buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30],
+      registers: [registry],
+    });
+  }
+
+  count(scope: string, event: SingleflightEvent): void {
+    this.events.inc({ scope, event });
+  }
+}

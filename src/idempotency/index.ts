@@ -1,0 +1,10 @@
+export * from './idempotency.errors';
+export * from './idempotency.types';
+export { IdempotencyModule } from './idempotency.module';
+export type { IdempotencyModuleOptions } from './idempotency.module-definition';
+export { IdempotencyService } from './idempotency.service';
+export { Idempotent } from './idempotent.decorator';
+export type { IdempotentMetadata } from './idempotent.decorator';
+export { IdempotentRoute, IdempotencyKeyInterceptor } from './idempotency-key.interceptor';
+export type { IdempotentRouteOptions } from './idempotency-key.interceptor';
+export { ReplayedResponse } from './replayed-response';

@@ -49,6 +49,13 @@ export function createIdempotencyStore(options: IdempotencyModuleOptions): Idemp
     IdempotencyExplorer,
     IdempotencyKeyInterceptor,
   ],
-  exports: [IdempotencyService, IdempotencyKeyInterceptor],
+  // The store and options too: @IdempotentRoute instantiates the interceptor in the module of
+  // the controller that uses it.
+  exports: [
+    IdempotencyService,
+    IdempotencyKeyInterceptor,
+    IDEMPOTENCY_STORE,
+    IDEMPOTENCY_MODULE_OPTIONS,
+  ],
 })
 export class IdempotencyModule extends ConfigurableIdempotencyModule {}

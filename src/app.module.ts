@@ -6,6 +6,7 @@ import { createValidationPipe } from './common/validation';
 import { AppConfigModule } from './config/app-config.module';
 import { PG_POOL } from './database/database.constants';
 import { DatabaseModule } from './database/database.module';
+import { EmbeddingModule } from './embedding/embedding.module';
 import { HealthModule } from './health/health.module';
 import { IdempotencyModule } from './idempotency';
 import { LockModule } from './lock';
@@ -13,6 +14,7 @@ import { LoggingModule } from './logging/logging.module';
 import { MetricsModule } from './metrics/metrics.module';
 import { REDIS_CLIENT } from './redis/redis.constants';
 import { RedisModule } from './redis/redis.module';
+import { VectorModule } from './vector/vector.module';
 import { idempotencyOptionsFromConfig, lockOptionsFromConfig } from './coordination-options';
 
 @Module({})
@@ -41,6 +43,8 @@ export class AppModule {
           useFactory: idempotencyOptionsFromConfig,
         }),
         HealthModule,
+        EmbeddingModule,
+        VectorModule,
         ...extraModules,
       ],
       providers: [

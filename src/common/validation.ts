@@ -35,3 +35,13 @@ export function createValidationPipe(): ValidationPipe {
     },
   });
 }
+
+/** A 400 problem for checks that need more than a DTO (configuration, other fields, the slot). */
+export function invalidRequest(errors: FieldError[]): BadRequestException {
+  return new BadRequestException(
+    problem(400, 'The request is invalid; see errors for each field.', {
+      title: 'Validation failed',
+      errors,
+    }),
+  );
+}

@@ -71,6 +71,32 @@ export const envSchema = z.object({
   DEFAULT_BACKOFF_MS: positiveInt.default(100),
 
   IDEMPOTENCY_BACKEND: z.enum(['redis', 'memory']).default('redis'),
+  VECTOR_TABLES: z
+    .string()
+    .regex(
+      /^[a-z][a-z0-9_]{0,39}(,[a-z][a-z0-9_]{0,39})*$/,
+      'must be a comma-separated list of lower-case table names (a-z, 0-9, _)',
+    )
+    .default('questions,patterns')
+    .transform((value) => [...new Set(value.split(','))]),
+  EMBEDDING_PROVIDER: z.enum(['hash', 'openai']).default('hash'),
+  EMBEDDING_DIMENSION: z.coerce.number().int().min(2).max(2000).default(384),
+  EMBEDDING_MODEL: z.string().min(1).max(200).optional(),
+  EMBEDDING_API_URL: url(['http:', 'https:']).optional(),
+  EMBEDDING_API_KEY: z.string().min(1).optional(),
+  EMBEDDING_BATCH_SIZE: z.coerce.number().int().min(1).max(2048).default(128),
+  EMBEDDING_TIMEOUT_MS: positiveInt.default(30_000),
+  EMBEDDING_MAX_RETRIES: nonNegativeInt.max(10).default(3),
+  UPSERT_MAX_ITEMS: z.coerce.number().int().min(1).max(10_000).default(1_000),
+  CONTENT_MAX_BYTES: positiveInt.default(32 * 1024),
+  METADATA_MAX_BYTES: positiveInt.default(8 * 1024),
+  SEARCH_EF_SEARCH: z.coerce.number().int().min(1).max(1000).default(100),
+  HNSW_M: z.coerce.number().int().min(2).max(100).default(16),
+  HNSW_EF_CONSTRUCTION: z.coerce.number().int().min(4).max(1000).default(64),
+  REBUILD_MAINTENANCE_WORK_MEM: z
+    .string()
+    .regex(/^\d+(kB|MB|GB)$/, 'must be a size such as 512MB or 1GB')
+    .default('1GB'),
   DEFAULT_IDEM_TTL_SECONDS: positiveInt.default(3_600),
   DEFAULT_IN_PROGRESS_TTL: positiveInt.default(300),
   DEFAULT_IDEM_WAIT_TIMEOUT_MS: nonNegativeInt.default(5_000),
@@ -81,6 +107,17 @@ export type Env = z.infer<typeof envSchema>;
 
 /** Topology-specific variables that the schema alone cannot require. */
 const refined = envSchema.superRefine((env, ctx) => {
+  if (env.EMBEDDING_PROVIDER === 'openai') {
+    for (const name of ['EMBEDDING_API_URL', 'EMBEDDING_MODEL'] as const) {
+      if (!env[name]) {
+        ctx.addIssue({
+          code: 'custom',
+          path: [name],
+          message: 'is required when EMBEDDING_PROVIDER=openai',
+        });
+      }
+    }
+  }
   if (env.REDIS_MODE === 'sentinel' && !env.REDIS_SENTINELS) {
     ctx.addIssue({
       code: 'custom',

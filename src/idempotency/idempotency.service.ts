@@ -233,7 +233,7 @@ function findNonJson(value: unknown, path: string, depth = 0): string | undefine
   if (typeof value === 'object') {
     const proto = Object.getPrototypeOf(value) as unknown;
     if (proto !== Object.prototype && proto !== null) {
-      return `${path} is a ${(value).constructor?.name ?? 'non-plain object'}`;
+      return `${path} is a ${value.constructor?.name ?? 'non-plain object'}`;
     }
     for (const [name, child] of Object.entries(value)) {
       if (child === undefined) continue;

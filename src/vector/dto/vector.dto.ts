@@ -1,0 +1,143 @@
+import { Type } from 'class-transformer';
+import {
+  ArrayMaxSize,
+  ArrayMinSize,
+  IsArray,
+  IsBoolean,
+  IsInt,
+  IsNotEmpty,
+  IsNumber,
+  IsObject,
+  IsOptional,
+  IsString,
+  Length,
+  Matches,
+  Max,
+  MaxLength,
+  Min,
+  ValidateNested,
+} from 'class-validator';
+
+const NAMESPACE = /^[a-z0-9][a-z0-9_-]{0,63}$/;
+const NAMESPACE_MESSAGE =
+  'namespace must be 1-64 characters: lower-case letters, digits, _ or -, starting with a letter or digit';
+const TABLE = /^[a-z][a-z0-9_]{0,39}$/;
+const TABLE_MESSAGE = 'table_name must be a registered table name';
+
+/** Hard ceilings; the configured limits (UPSERT_MAX_ITEMS, CONTENT_MAX_BYTES …) are checked in the service. */
+const MAX_ITEMS = 10_000;
+const MAX_DIMENSION = 16_000;
+
+export class UpsertItemDto {
+  @IsString()
+  @Length(1, 256)
+  obj_ref!: string;
+
+  @IsString()
+  @IsNotEmpty()
+  @MaxLength(1_048_576)
+  content!: string;
+
+  @IsOptional()
+  @IsString()
+  @Length(1, 256)
+  id?: string;
+
+  @IsOptional()
+  @IsObject()
+  metadata?: Record<string, unknown>;
+
+  @IsOptional()
+  @IsArray()
+  @ArrayMinSize(1)
+  @ArrayMaxSize(MAX_DIMENSION)
+  @IsNumber({ allowNaN: false, allowInfinity: false }, { each: true })
+  embedding?: number[];
+}
+
+export class BatchUpsertDto {
+  @IsArray()
+  @ArrayMinSize(1)
+  @ArrayMaxSize(MAX_ITEMS)
+  @ValidateNested({ each: true })
+  @Type(() => UpsertItemDto)
+  items!: UpsertItemDto[];
+
+  @IsString()
+  @Matches(TABLE, { message: TABLE_MESSAGE })
+  table_name!: string;
+
+  @IsOptional()
+  @IsString()
+  @Matches(NAMESPACE, { message: NAMESPACE_MESSAGE })
+  namespace: string = 'default';
+}
+
+export class NamespaceDto {
+  @IsOptional()
+  @IsString()
+  @Matches(NAMESPACE, { message: NAMESPACE_MESSAGE })
+  namespace: string = 'default';
+}
+
+export class RebuildDto extends NamespaceDto {
+  @IsOptional()
+  @IsBoolean()
+  force: boolean = false;
+}
+
+export class CleanupDto extends NamespaceDto {
+  /** Keep the slot that was active before the current one, for rollback (default true). */
+  @IsOptional()
+  @IsBoolean()
+  keep_previous: boolean = true;
+}
+
+export class SearchDto {
+  @IsString()
+  @Matches(TABLE, { message: TABLE_MESSAGE })
+  table_name!: string;
+
+  @IsOptional()
+  @IsString()
+  @Matches(NAMESPACE, { message: NAMESPACE_MESSAGE })
+  namespace: string = 'default';
+
+  @IsOptional()
+  @IsString()
+  @IsNotEmpty()
+  @MaxLength(32_768)
+  query?: string;
+
+  @IsOptional()
+  @IsArray()
+  @ArrayMinSize(1)
+  @ArrayMaxSize(MAX_DIMENSION)
+  @IsNumber({ allowNaN: false, allowInfinity: false }, { each: true })
+  vector?: number[];
+
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(1)
+  @Max(1000)
+  k: number = 10;
+}
+
+export class StatisticsQueryDto {
+  @IsOptional()
+  @IsString()
+  @Matches(NAMESPACE, { message: NAMESPACE_MESSAGE })
+  namespace?: string;
+
+  @IsOptional()
+  @IsString()
+  @Matches(TABLE, { message: TABLE_MESSAGE })
+  table_name?: string;
+}
+
+export class NamespaceParamDto {
+  @IsString()
+  @Matches(NAMESPACE, { message: NAMESPACE_MESSAGE })
+  namespace!: string;
+}

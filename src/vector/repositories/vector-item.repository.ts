@@ -1,0 +1,229 @@
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { Inject, Injectable } from '@nestjs/common';
+import { Pool, PoolClient } from 'pg';
+import { from as copyFrom } from 'pg-copy-streams';
+import pgvector from 'pgvector/pg';
+import { PG_POOL } from '../../database/database.constants';
+import { VectorTables } from '../vector-tables';
+import { ItemRow } from '../vector.types';
+import { COPY_COLUMNS, copyHeader, copyTrailer, encodeItem } from './binary-copy';
+
+export interface SearchHit {
+  obj_ref: string;
+  item_id: string | null;
+  content: string;
+  metadata: Record<string, unknown> | null;
+  score: number;
+}
+
+export interface TableSlotStats {
+  rows: number;
+  bytes: number;
+}
+
+/** Item rows of the slot partitions. Identifiers come from VectorTables; values are parameters. */
+@Injectable()
+export class VectorItemRepository {
+  constructor(
+    @Inject(PG_POOL) private readonly pool: Pool,
+    private readonly tables: VectorTables,
+  ) {}
+
+  /**
+   * Inserts or replaces rows of one slot in a single statement (arrays unnested server-side),
+   * so a 1000-item batch is one round trip.
+   */
+  async upsert(
+    client: PoolClient,
+    table: string,
+    slotId: number,
+    rows: ItemRow[],
+  ): Promise<number> {
+    if (rows.length === 0) return 0;
+    const result = await client.query(
+      `INSERT INTO ${this.tables.partition(table, slotId)} AS t
+         (slot_id, obj_ref, item_id, content, content_hash, metadata, embedding, embedding_source, model)
+       SELECT $1, r.obj_ref, r.item_id, r.content, r.content_hash, r.metadata, r.embedding::vector,
+              r.embedding_source, r.model
+       FROM unnest($2::text[], $3::text[], $4::text[], $5::bytea[], $6::jsonb[], $7::text[], $8::text[], $9::text[])
+         AS r(obj_ref, item_id, content, content_hash, metadata, embedding, embedding_source, model)
+       ON CONFLICT (slot_id, obj_ref) DO UPDATE SET
+         item_id = EXCLUDED.item_id, content = EXCLUDED.content,
+         content_hash = EXCLUDED.content_hash, metadata = EXCLUDED.metadata,
+         embedding = EXCLUDED.embedding, embedding_source = EXCLUDED.embedding_source,
+         model = EXCLUDED.model, updated_at = now()`,
+      [
+        slotId,
+        rows.map((row) => row.obj_ref),
+        rows.map((row) => row.item_id),
+        rows.map((row) => row.content),
+        rows.map((row) => row.content_hash),
+        rows.map((row) => (row.metadata === null ? null : JSON.stringify(row.metadata))),
+        rows.map((row) => pgvector.toSql(row.embedding) as string),
+        rows.map((row) => row.embedding_source),
+        rows.map((row) => row.model),
+      ],
+    );
+    return result.rowCount ?? 0;
+  }
+
+  /** What is stored for these obj_refs, to reuse embeddings of unchanged content. */
+  async findByRefs(
+    client: PoolClient,
+    table: string,
+    slotId: number,
+    objRefs: string[],
+  ): Promise<Map<string, ItemRow>> {
+    const { rows } = await client.query<ItemRow>(
+      `SELECT obj_ref, item_id, content, content_hash, metadata, embedding, embedding_source, model
+       FROM ${this.tables.partition(table, slotId)} WHERE obj_ref = ANY($1::text[])`,
+      [objRefs],
+    );
+    return new Map(rows.map((row) => [row.obj_ref, row]));
+  }
+
+  /** Keyset pagination over a slot in obj_ref order (the primary key). */
+  async page(
+    table: string,
+    slotId: number,
+    after: string | null,
+    limit: number,
+  ): Promise<ItemRow[]> {
+    const { rows } = await this.pool.query<ItemRow>(
+      `SELECT obj_ref, item_id, content, content_hash, metadata, embedding, embedding_source, model
+       FROM ${this.tables.partition(table, slotId)}
+       WHERE $1::text IS NULL OR obj_ref > $1 ORDER BY obj_ref LIMIT $2`,
+      [after, limit],
+    );
+    return rows;
+  }
+
+  /** Rows of `fromSlot` written since `since`, upserted into `toSlot` (rollback carry-over). */
+  async copyChangedSince(
+    client: PoolClient,
+    table: string,
+    fromSlot: number,
+    toSlot: number,
+    since: Date,
+  ): Promise<number> {
+    const result = await client.query(
+      `INSERT INTO ${this.tables.partition(table, toSlot)} (${COPY_COLUMNS})
+       SELECT $1, obj_ref, item_id, content, content_hash, metadata, embedding, embedding_source, model
+       FROM ${this.tables.partition(table, fromSlot)} WHERE updated_at >= $2
+       ON CONFLICT (slot_id, obj_ref) DO UPDATE SET
+         item_id = EXCLUDED.item_id, content = EXCLUDED.content,
+         content_hash = EXCLUDED.content_hash, metadata = EXCLUDED.metadata,
+         embedding = EXCLUDED.embedding, embedding_source = EXCLUDED.embedding_source,
+         model = EXCLUDED.model, updated_at = now()`,
+      [toSlot, since],
+    );
+    return result.rowCount ?? 0;
+  }
+
+  async count(table: string, slotId: number): Promise<number> {
+    const { rows } = await this.pool.query<{ count: number }>(
+      `SELECT count(*)::int AS count FROM ${this.tables.partition(table, slotId)}`,
+    );
+    return rows[0].count;
+  }
+
+  /** Bulk-loads rows into a rebuild's staging table with binary COPY. */
+  async copyIntoStaging(table: string, slotId: number, rows: ItemRow[]): Promise<void> {
+    const client = await this.pool.connect();
+    try {
+      const stream = client.query(
+        copyFrom(
+          `COPY ${this.tables.staging(table, slotId)} (${COPY_COLUMNS}) FROM STDIN (FORMAT binary)`,
+        ),
+      );
+      await pipeline(
+        Readable.from(
+          (function* () {
+            yield copyHeader();
+            for (const row of rows) yield encodeItem(slotId, row);
+            yield copyTrailer();
+          })(),
+        ),
+        stream,
+      );
+    } finally {
+      client.release();
+    }
+  }
+
+  /**
+   * Moves staged rows into the slot. Rows already there came from upserts made during the
+   * rebuild, which are newer than the snapshot being copied: they win.
+   */
+  async mergeStaging(table: string, slotId: number): Promise<number> {
+    const result = await this.pool.query(
+      `INSERT INTO ${this.tables.partition(table, slotId)} (${COPY_COLUMNS})
+       SELECT ${COPY_COLUMNS} FROM ${this.tables.staging(table, slotId)}
+       ON CONFLICT (slot_id, obj_ref) DO NOTHING`,
+    );
+    await this.pool.query(`DROP TABLE IF EXISTS ${this.tables.staging(table, slotId)}`);
+    return result.rowCount ?? 0;
+  }
+
+  /**
+   * k nearest items by cosine distance, through the slot's HNSW index: the ORDER BY uses the
+   * index expression exactly. `ef_search` is set for this transaction only (SET LOCAL), sent
+   * with BEGIN in one message to save a round trip.
+   */
+  async search(
+    table: string,
+    slotId: number,
+    dimension: number,
+    vector: number[],
+    k: number,
+    efSearch: number,
+  ): Promise<SearchHit[]> {
+    const client = await this.pool.connect();
+    try {
+      await client.query(`BEGIN; SET LOCAL hnsw.ef_search = ${Math.trunc(efSearch)}`);
+      const { rows } = await client.query<SearchHit>(this.searchSql(table, slotId, dimension), [
+        pgvector.toSql(vector),
+        k,
+      ]);
+      await client.query('COMMIT');
+      return rows;
+    } catch (error) {
+      await client.query('ROLLBACK').catch(() => undefined);
+      throw error;
+    } finally {
+      client.release();
+    }
+  }
+
+  searchSql(table: string, slotId: number, dimension: number): string {
+    const d = Math.trunc(dimension);
+    return `SELECT obj_ref, item_id, content, metadata,
+              1 - (embedding::vector(${d}) <=> $1::vector(${d})) AS score
+            FROM ${this.tables.partition(table, slotId)}
+            ORDER BY embedding::vector(${d}) <=> $1::vector(${d})
+            LIMIT $2`;
+  }
+
+  async explainSearch(
+    table: string,
+    slotId: number,
+    dimension: number,
+    vector: number[],
+  ): Promise<string> {
+    const { rows } = await this.pool.query<{ 'QUERY PLAN': string }>(
+      `EXPLAIN ${this.searchSql(table, slotId, dimension)}`,
+      [pgvector.toSql(vector), 10],
+    );
+    return rows.map((row) => row['QUERY PLAN']).join('\n');
+  }
+
+  async stats(table: string, slotId: number): Promise<TableSlotStats> {
+    const { rows } = await this.pool.query<{ rows: number; bytes: string }>(
+      `SELECT (SELECT count(*)::int FROM ${this.tables.partition(table, slotId)}) AS rows,
+              pg_total_relation_size($1::regclass) AS bytes`,
+      [this.tables.partitionName(table, slotId)],
+    );
+    return { rows: rows[0].rows, bytes: Number(rows[0].bytes) };
+  }
+}

@@ -1,0 +1,193 @@
+import { Inject, Injectable } from '@nestjs/common';
+import { Pool, PoolClient } from 'pg';
+import { PG_POOL } from '../../database/database.constants';
+import { VectorTables } from '../vector-tables';
+
+export interface IndexSettings {
+  m: number;
+  efConstruction: number;
+  /** e.g. `1GB`: HNSW builds are several times faster when the graph fits in memory. */
+  maintenanceWorkMem: string;
+  /** False on pgvector < 0.8.2, whose parallel HNSW build can overflow. */
+  parallel: boolean;
+}
+
+export interface IndexState {
+  exists: boolean;
+  valid: boolean;
+}
+
+const ITEM_COLUMNS = `
+  slot_id          bigint      NOT NULL,
+  obj_ref          text        NOT NULL,
+  item_id          text,
+  content          text        NOT NULL,
+  content_hash     bytea       NOT NULL,
+  metadata         jsonb,
+  embedding        vector      NOT NULL,
+  embedding_source text        NOT NULL,
+  model            text,
+  updated_at       timestamptz NOT NULL DEFAULT now()`;
+
+/**
+ * DDL of the item tables: one parent per registered table partitioned by slot id, one
+ * partition per slot with a dimension check and an HNSW cosine index on `embedding::vector(D)`.
+ */
+@Injectable()
+export class VectorSchemaRepository {
+  constructor(
+    @Inject(PG_POOL) private readonly pool: Pool,
+    private readonly tables: VectorTables,
+  ) {}
+
+  connect(): Promise<PoolClient> {
+    return this.pool.connect();
+  }
+
+  /** Creates missing parents (idempotent; the caller serialises replicas). */
+  async ensureParents(): Promise<void> {
+    for (const table of this.tables.names) {
+      await this.pool.query(
+        `CREATE TABLE IF NOT EXISTS ${this.tables.parent(table)} (${ITEM_COLUMNS},
+           PRIMARY KEY (slot_id, obj_ref)
+         ) PARTITION BY LIST (slot_id)`,
+      );
+    }
+  }
+
+  /**
+   * Creates the slot's table for every registered table. Attached at once for a new namespace;
+   * a rebuild loads it standalone and attaches it when its index is built.
+   */
+  async createSlotTables(
+    client: PoolClient,
+    slotId: number,
+    dimension: number,
+    attach: boolean,
+  ): Promise<void> {
+    for (const table of this.tables.names) {
+      const partition = this.tables.partition(table, slotId);
+      await client.query(
+        `CREATE TABLE IF NOT EXISTS ${partition} (${ITEM_COLUMNS},
+           PRIMARY KEY (slot_id, obj_ref),
+           CHECK (slot_id = ${slotId}),
+           CHECK (vector_dims(embedding) = ${dimensionOf(dimension)})
+         )`,
+      );
+      if (attach) await this.attach(client, table, slotId);
+    }
+  }
+
+  async isAttached(
+    table: string,
+    slotId: number,
+    db: Pool | PoolClient = this.pool,
+  ): Promise<boolean> {
+    const { rows } = await db.query(
+      `SELECT 1 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+       WHERE c.relname = $1 AND c.relnamespace = 'public'::regnamespace`,
+      [this.tables.partitionName(table, slotId)],
+    );
+    return rows.length > 0;
+  }
+
+  async attach(client: PoolClient, table: string, slotId: number): Promise<void> {
+    if (await this.isAttached(table, slotId, client)) return;
+    // The CHECK (slot_id = id) constraint lets Postgres skip the validation scan.
+    await client.query(
+      `ALTER TABLE ${this.tables.parent(table)} ATTACH PARTITION ${this.tables.partition(table, slotId)}
+       FOR VALUES IN (${slotId})`,
+    );
+  }
+
+  /** Detaches (if attached) and drops a slot's table: no dead tuples left for HNSW to vacuum. */
+  async dropSlotTable(client: PoolClient, table: string, slotId: number): Promise<void> {
+    if (await this.isAttached(table, slotId, client)) {
+      await client.query(
+        `ALTER TABLE ${this.tables.parent(table)} DETACH PARTITION ${this.tables.partition(table, slotId)}`,
+      );
+    }
+    await client.query(`DROP TABLE IF EXISTS ${this.tables.partition(table, slotId)}`);
+    await client.query(`DROP TABLE IF EXISTS ${this.tables.staging(table, slotId)}`);
+  }
+
+  async slotTableExists(table: string, slotId: number): Promise<boolean> {
+    const { rows } = await this.pool.query('SELECT to_regclass($1) IS NOT NULL AS exists', [
+      this.tables.partitionName(table, slotId),
+    ]);
+    return (rows[0] as { exists: boolean }).exists;
+  }
+
+  async indexState(table: string, slotId: number): Promise<IndexState> {
+    const { rows } = await this.pool.query<{ valid: boolean }>(
+      `SELECT i.indisvalid AS valid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+       WHERE c.relname = $1 AND c.relnamespace = 'public'::regnamespace`,
+      [`${this.tables.partitionName(table, slotId)}_hnsw`],
+    );
+    return { exists: rows.length > 0, valid: rows[0]?.valid ?? false };
+  }
+
+  /**
+   * Builds the slot's HNSW index unless a valid one exists; an invalid one (a build that was
+   * interrupted) is dropped first. CONCURRENTLY, so upserts into the slot go on meanwhile; on its
+   * own connection, since it cannot run inside a transaction and its settings are per session.
+   */
+  async ensureIndex(
+    table: string,
+    slotId: number,
+    dimension: number,
+    settings: IndexSettings,
+  ): Promise<'exists' | 'created'> {
+    const state = await this.indexState(table, slotId);
+    if (state.exists && state.valid) return 'exists';
+    const index = this.tables.index(table, slotId);
+    const client = await this.pool.connect();
+    try {
+      if (state.exists) await client.query(`DROP INDEX CONCURRENTLY IF EXISTS ${index}`);
+      await client.query('SELECT set_config($1, $2, false)', [
+        'maintenance_work_mem',
+        settings.maintenanceWorkMem,
+      ]);
+      if (!settings.parallel) await client.query('SET max_parallel_maintenance_workers = 0');
+      await client.query(
+        `CREATE INDEX CONCURRENTLY IF NOT EXISTS ${index} ON ${this.tables.partition(table, slotId)}
+         USING hnsw ((embedding::vector(${dimensionOf(dimension)})) vector_cosine_ops)
+         WITH (m = ${Math.trunc(settings.m)}, ef_construction = ${Math.trunc(settings.efConstruction)})`,
+      );
+      await client.query(`ANALYZE ${this.tables.partition(table, slotId)}`);
+      return 'created';
+    } finally {
+      await client.query('RESET ALL').catch(() => undefined);
+      client.release();
+    }
+  }
+
+  /** The index of a new, empty slot table, inside the creating transaction (instant). */
+  async createEmptyIndex(
+    client: PoolClient,
+    table: string,
+    slotId: number,
+    dimension: number,
+    settings: IndexSettings,
+  ): Promise<void> {
+    await client.query(
+      `CREATE INDEX IF NOT EXISTS ${this.tables.index(table, slotId)} ON ${this.tables.partition(table, slotId)}
+       USING hnsw ((embedding::vector(${dimensionOf(dimension)})) vector_cosine_ops)
+       WITH (m = ${Math.trunc(settings.m)}, ef_construction = ${Math.trunc(settings.efConstruction)})`,
+    );
+  }
+
+  async createStaging(client: PoolClient, table: string, slotId: number): Promise<void> {
+    await client.query(`DROP TABLE IF EXISTS ${this.tables.staging(table, slotId)}`);
+    await client.query(
+      `CREATE UNLOGGED TABLE ${this.tables.staging(table, slotId)} (${ITEM_COLUMNS})`,
+    );
+  }
+}
+
+function dimensionOf(dimension: number): number {
+  if (!Number.isInteger(dimension) || dimension < 1 || dimension > 16000) {
+    throw new Error(`bad dimension ${dimension}`);
+  }
+  return dimension;
+}

@@ -1,0 +1,46 @@
+/** A slot as recorded in vector_slots. */
+export interface SlotRow {
+  id: number;
+  namespace: string;
+  slot: number;
+  model: string;
+  dimension: number;
+  status: 'building' | 'active' | 'retired';
+  created_at: Date;
+  activated_at: Date | null;
+}
+
+export interface NamespaceRow {
+  namespace: string;
+  active_slot: number;
+  building_slot: number | null;
+  previous_slot: number | null;
+}
+
+/** One item row as stored. */
+export interface ItemRow {
+  obj_ref: string;
+  item_id: string | null;
+  content: string;
+  content_hash: Buffer;
+  metadata: Record<string, unknown> | null;
+  embedding: number[];
+  /** `client` (sent with the item, copied as is) or `provider` (made by `model`). */
+  embedding_source: 'client' | 'provider';
+  model: string | null;
+}
+
+export interface RebuildProgress {
+  namespace: string;
+  slot: number;
+  status: 'running' | 'succeeded' | 'failed';
+  phase: string;
+  processed: number;
+  total: number;
+  embedded: number;
+  reused: number;
+  error: string | null;
+  started_at: Date;
+  updated_at: Date;
+  finished_at: Date | null;
+}

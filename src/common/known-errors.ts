@@ -5,6 +5,7 @@ import {
   LockNotAcquiredError,
   StaleFenceError,
 } from '../lock';
+import { EmbeddingError } from '../embedding/embedding.types';
 import { IdempotencyBackendError } from '../idempotency/idempotency.errors';
 
 export interface KnownError {
@@ -33,6 +34,14 @@ export function knownError(error: unknown): KnownError | undefined {
   }
   if (error instanceof IdempotencyBackendError) {
     return { status: 503, detail: 'The idempotency store is unavailable.', retryAfterSeconds: 1 };
+  }
+  if (error instanceof EmbeddingError) {
+    // Nothing was written: embeddings are computed before the write transaction.
+    return {
+      status: 503,
+      detail: `The embedding provider failed: ${error.message}`,
+      retryAfterSeconds: 5,
+    };
   }
   if (error instanceof InvalidLockKeyError) return { status: 400, detail: error.message };
   return undefined;

@@ -32,7 +32,8 @@ export class VectorItemRepository {
 
   /**
    * Inserts or replaces rows of one slot in a single statement (arrays unnested server-side),
-   * so a 1000-item batch is one round trip.
+   * so a 1000-item batch is one round trip. Rows go in obj_ref order, as in mergeStaging: two
+   * writers of overlapping keys then wait for each other in one direction only, never deadlock.
    */
   async upsert(
     client: PoolClient,
@@ -48,6 +49,7 @@ export class VectorItemRepository {
               r.embedding_source, r.model
        FROM unnest($2::text[], $3::text[], $4::text[], $5::bytea[], $6::jsonb[], $7::text[], $8::text[], $9::text[])
          AS r(obj_ref, item_id, content, content_hash, metadata, embedding, embedding_source, model)
+       ORDER BY r.obj_ref
        ON CONFLICT (slot_id, obj_ref) DO UPDATE SET
          item_id = EXCLUDED.item_id, content = EXCLUDED.content,
          content_hash = EXCLUDED.content_hash, metadata = EXCLUDED.metadata,
@@ -159,7 +161,7 @@ export class VectorItemRepository {
   async mergeStaging(table: string, slotId: number): Promise<number> {
     const result = await this.pool.query(
       `INSERT INTO ${this.tables.partition(table, slotId)} (${COPY_COLUMNS})
-       SELECT ${COPY_COLUMNS} FROM ${this.tables.staging(table, slotId)}
+       SELECT ${COPY_COLUMNS} FROM ${this.tables.staging(table, slotId)} ORDER BY obj_ref
        ON CONFLICT (slot_id, obj_ref) DO NOTHING`,
     );
     await this.pool.query(`DROP TABLE IF EXISTS ${this.tables.staging(table, slotId)}`);

@@ -2,7 +2,9 @@ import { Type } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import { FastifyAdapter, NestFastifyApplication } from '@nestjs/platform-fastify';
 import { Logger } from 'nestjs-pino';
+import { Registry } from 'prom-client';
 import { AppModule } from './app.module';
+import { instrumentHttp } from './metrics/http-metrics';
 import { validateEnv } from './config/env.schema';
 import { REQUEST_ID_HEADER, requestIdFor } from './logging/logging.module';
 
@@ -33,7 +35,9 @@ export async function createApp(options: CreateAppOptions = {}): Promise<NestFas
     abortOnError: false,
   });
   app.useLogger(app.get(Logger));
-  app.setGlobalPrefix(API_PREFIX);
+  // /metrics sits at the root, where Prometheus looks by default.
+  app.setGlobalPrefix(API_PREFIX, { exclude: ['metrics'] });
+  instrumentHttp(app.getHttpAdapter().getInstance(), app.get(Registry));
   app
     .getHttpAdapter()
     .getInstance()

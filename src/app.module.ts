@@ -1,6 +1,7 @@
 import { DynamicModule, Module, Type } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { APP_FILTER, APP_PIPE } from '@nestjs/core';
+import { AuthModule } from './auth/auth.module';
 import { ProblemDetailsFilter } from './common/problem-details.filter';
 import { createValidationPipe } from './common/validation';
 import { AppConfigModule } from './config/app-config.module';
@@ -13,6 +14,7 @@ import { LockModule } from './lock';
 import { LoggingModule } from './logging/logging.module';
 import { MetricsModule } from './metrics/metrics.module';
 import { REDIS_CLIENT } from './redis/redis.constants';
+import { OperationsModule } from './operations/operations.module';
 import { RedisModule } from './redis/redis.module';
 import { VectorModule } from './vector/vector.module';
 import { idempotencyOptionsFromConfig, lockOptionsFromConfig } from './coordination-options';
@@ -29,6 +31,7 @@ export class AppModule {
       imports: [
         AppConfigModule.forRoot(),
         LoggingModule,
+        AuthModule,
         MetricsModule,
         RedisModule,
         DatabaseModule,
@@ -45,6 +48,7 @@ export class AppModule {
         HealthModule,
         EmbeddingModule,
         VectorModule,
+        OperationsModule,
         ...extraModules,
       ],
       providers: [

@@ -86,6 +86,7 @@ export function sendProblem(
   const retryAfterHeader =
     retryAfter ?? (error instanceof HttpException ? retryAfterOf(error) : undefined);
   if (retryAfterHeader) void reply.header('Retry-After', retryAfterHeader);
+  if (status === 401) void reply.header('WWW-Authenticate', 'Bearer');
   const contentType = isHealthReport(body) ? 'application/json' : PROBLEM_CONTENT_TYPE;
   void reply.status(status).header('Content-Type', contentType).send(body);
 }

@@ -50,6 +50,11 @@ export const envSchema = z.object({
   DATABASE_CONNECT_TIMEOUT_MS: positiveInt.default(5_000),
   MIGRATE_ON_START: bool.default(true),
 
+  // name:scope:secret,… (scope read|write|admin); required in production. Never logged.
+  API_KEYS: z.string().optional(),
+  // Whether GET /metrics needs a read key like the API (default: open, for scrapers).
+  METRICS_REQUIRE_AUTH: bool.default(false),
+
   REDIS_MODE: z.enum(['standalone', 'sentinel', 'cluster']).default('standalone'),
   REDIS_URL: url(['redis:', 'rediss:']),
   REDIS_SENTINELS: hostList.optional(),

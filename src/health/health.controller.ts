@@ -1,7 +1,10 @@
 import { Controller, Get } from '@nestjs/common';
 import { HealthCheck, HealthCheckResult, HealthCheckService } from '@nestjs/terminus';
+import { Public } from '../auth/auth.decorators';
 import { DependencyIndicators } from './indicators';
 
+/** Open to probes: Kubernetes sends no credentials. */
+@Public()
 @Controller('health')
 export class HealthController {
   private readonly startedAt = Date.now();

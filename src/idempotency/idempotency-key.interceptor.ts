@@ -201,8 +201,13 @@ function parseKeyHeader(header: string | string[] | undefined): string | undefin
   return value;
 }
 
-/** The caller's credential, hashed: the same secret always maps to the same scope. */
+/**
+ * Whose keys these are: the authenticated API key's name, else the credential sent, hashed (the
+ * same secret always maps to the same scope), else everyone anonymous together.
+ */
 function credentialOf(request: FastifyRequest): string {
+  const caller = (request as FastifyRequest & { caller?: { keyName: string } }).caller;
+  if (caller) return `key:${caller.keyName}`;
   const { authorization } = request.headers;
   const apiKey = request.headers['x-api-key'];
   const credential = authorization ?? (Array.isArray(apiKey) ? apiKey.join(',') : apiKey);

@@ -1,5 +1,7 @@
 import { Global, Module } from '@nestjs/common';
 import { Registry, collectDefaultMetrics } from 'prom-client';
+import { MetricsAuthGuard } from './metrics-auth.guard';
+import { MetricsController } from './metrics.controller';
 
 /**
  * One Prometheus registry per application (not prom-client's global one), so several apps in one
@@ -8,6 +10,7 @@ import { Registry, collectDefaultMetrics } from 'prom-client';
 @Global()
 @Module({
   providers: [
+    MetricsAuthGuard,
     {
       provide: Registry,
       useFactory: () => {
@@ -17,6 +20,7 @@ import { Registry, collectDefaultMetrics } from 'prom-client';
       },
     },
   ],
+  controllers: [MetricsController],
   exports: [Registry],
 })
 export class MetricsModule {}

@@ -8,6 +8,7 @@ import {
   Post,
   Query,
 } from '@nestjs/common';
+import { RequireScope } from '../auth/auth.decorators';
 import { IdempotentRoute } from '../idempotency';
 import {
   BatchUpsertDto,
@@ -31,6 +32,7 @@ export class VectorController {
   ) {}
 
   @Post('batch-upsert')
+  @RequireScope('write')
   @HttpCode(200)
   @IdempotentRoute()
   batchUpsert(@Body() dto: BatchUpsertDto) {
@@ -43,6 +45,7 @@ export class VectorController {
    * Retry-After and where to follow progress.
    */
   @Post('rebuild-index')
+  @RequireScope('write')
   @HttpCode(200)
   @IdempotentRoute()
   async rebuildIndex(@Body() dto: RebuildDto): Promise<RebuildResult> {
@@ -57,6 +60,7 @@ export class VectorController {
   }
 
   @Post('admin/rebuild-index-manual')
+  @RequireScope('admin')
   @HttpCode(200)
   @IdempotentRoute()
   rebuildIndexManual(@Body() dto: NamespaceDto): Promise<RebuildResult> {
@@ -71,6 +75,7 @@ export class VectorController {
   }
 
   @Post('cleanup-slots')
+  @RequireScope('admin')
   @HttpCode(200)
   @IdempotentRoute()
   cleanupSlots(@Body() dto: CleanupDto) {
@@ -78,6 +83,7 @@ export class VectorController {
   }
 
   @Post('rollback')
+  @RequireScope('admin')
   @HttpCode(200)
   @IdempotentRoute()
   rollback(@Body() dto: NamespaceDto) {

@@ -4,6 +4,7 @@ import { FastifyAdapter, NestFastifyApplication } from '@nestjs/platform-fastify
 import { Logger } from 'nestjs-pino';
 import { Registry } from 'prom-client';
 import { AppModule } from './app.module';
+import { serveOpenApi } from './common/openapi';
 import { instrumentHttp } from './metrics/http-metrics';
 import { validateEnv } from './config/env.schema';
 import { REQUEST_ID_HEADER, requestIdFor } from './logging/logging.module';
@@ -38,6 +39,7 @@ export async function createApp(options: CreateAppOptions = {}): Promise<NestFas
   // /metrics sits at the root, where Prometheus looks by default.
   app.setGlobalPrefix(API_PREFIX, { exclude: ['metrics'] });
   instrumentHttp(app.getHttpAdapter().getInstance(), app.get(Registry));
+  serveOpenApi(app);
   app
     .getHttpAdapter()
     .getInstance()

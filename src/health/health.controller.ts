@@ -1,9 +1,11 @@
 import { Controller, Get } from '@nestjs/common';
 import { HealthCheck, HealthCheckResult, HealthCheckService } from '@nestjs/terminus';
+import { ApiTags } from '@nestjs/swagger';
 import { Public } from '../auth/auth.decorators';
 import { DependencyIndicators } from './indicators';
 
 /** Open to probes: Kubernetes sends no credentials. */
+@ApiTags('health')
 @Public()
 @Controller('health')
 export class HealthController {

@@ -1,15 +1,23 @@
 import { Controller, Delete, Get, NotFoundException, Param, Req } from '@nestjs/common';
 import type { FastifyRequest } from 'fastify';
+import { ApiOkResponse, ApiOperation, ApiTags } from '@nestjs/swagger';
 import { RequireScope } from '../auth/auth.decorators';
+import { ApiAuthenticated, ApiBadRequest, ApiNotFound } from '../common/api-docs';
+import { ForceReleaseDto, LockStatusDto } from './dto/lock.dto';
 import { LockService, isLockKey } from '../lock';
 import { invalidRequest } from '../common/validation';
 
 /** Lock inspection and the admins' force-release, for stuck locks. */
+@ApiTags('operations')
+@ApiAuthenticated()
+@ApiBadRequest()
 @Controller()
 export class OperationsController {
   constructor(private readonly locks: LockService) {}
 
   @Get('lock-status/:lock_key')
+  @ApiOperation({ summary: 'Whether a lock is held, its remaining TTL, holder and fencing token' })
+  @ApiOkResponse({ type: LockStatusDto })
   async lockStatus(@Param('lock_key') lockKey: string) {
     this.assertLockKey(lockKey);
     const status = await this.locks.status(lockKey);
@@ -29,6 +37,9 @@ export class OperationsController {
 
   /** Removes the lock whoever holds it; the old holder's later fenced writes fail. Audited. */
   @Delete('lock/:lock_key')
+  @ApiOperation({ summary: 'Force-release a stuck lock (admin, audited); bumps its fence' })
+  @ApiOkResponse({ type: ForceReleaseDto })
+  @ApiNotFound('The lock is not held')
   @RequireScope('admin')
   async forceRelease(@Param('lock_key') lockKey: string, @Req() request: FastifyRequest) {
     this.assertLockKey(lockKey);

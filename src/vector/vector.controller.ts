@@ -8,7 +8,15 @@ import {
   Post,
   Query,
 } from '@nestjs/common';
+import { ApiOkResponse, ApiOperation, ApiTags } from '@nestjs/swagger';
 import { RequireScope } from '../auth/auth.decorators';
+import {
+  ApiAuthenticated,
+  ApiBadRequest,
+  ApiConflict,
+  ApiIdempotencyErrors,
+  ApiNotFound,
+} from '../common/api-docs';
 import { IdempotentRoute } from '../idempotency';
 import {
   BatchUpsertDto,
@@ -19,11 +27,23 @@ import {
   SearchDto,
   StatisticsQueryDto,
 } from './dto/vector.dto';
+import {
+  CleanupResponseDto,
+  RebuildProgressDto,
+  RebuildResponseDto,
+  RollbackResponseDto,
+  SearchResponseDto,
+  StatisticsResponseDto,
+  UpsertResponseDto,
+} from './dto/responses.dto';
 import { RebuildOutcome, RebuildResult, RebuildService } from './rebuild.service';
 import { unknownNamespace } from './vector.errors';
 import { VectorService } from './vector.service';
 
 /** The vector-management API under /api/v1/vector. */
+@ApiTags('vectors')
+@ApiAuthenticated()
+@ApiBadRequest()
 @Controller()
 export class VectorController {
   constructor(
@@ -32,6 +52,12 @@ export class VectorController {
   ) {}
 
   @Post('batch-upsert')
+  @ApiOperation({
+    summary: 'Upsert items into a table of a namespace (lock: lock:vector:upsert:{table}:{ns})',
+  })
+  @ApiOkResponse({ type: UpsertResponseDto })
+  @ApiConflict('The upsert lock was not acquired in time, or the write was fenced out')
+  @ApiIdempotencyErrors()
   @RequireScope('write')
   @HttpCode(200)
   @IdempotentRoute()
@@ -45,6 +71,13 @@ export class VectorController {
    * Retry-After and where to follow progress.
    */
   @Post('rebuild-index')
+  @ApiOperation({
+    summary: 'Re-embed a namespace into a new slot and switch to it, once across replicas',
+  })
+  @ApiOkResponse({ type: RebuildResponseDto })
+  @ApiNotFound()
+  @ApiConflict('A rebuild is still running on another replica (Retry-After, progress_url)')
+  @ApiIdempotencyErrors()
   @RequireScope('write')
   @HttpCode(200)
   @IdempotentRoute()
@@ -60,6 +93,11 @@ export class VectorController {
   }
 
   @Post('admin/rebuild-index-manual')
+  @ApiOperation({ summary: 'Rebuild holding lock:vector:rebuild:{ns} explicitly (admin)' })
+  @ApiOkResponse({ type: RebuildResponseDto })
+  @ApiNotFound()
+  @ApiConflict('The rebuild lock is held')
+  @ApiIdempotencyErrors()
   @RequireScope('admin')
   @HttpCode(200)
   @IdempotentRoute()
@@ -68,6 +106,9 @@ export class VectorController {
   }
 
   @Get('rebuilds/:namespace')
+  @ApiOperation({ summary: 'Progress of the latest rebuild of a namespace' })
+  @ApiOkResponse({ type: RebuildProgressDto })
+  @ApiNotFound('No rebuild of this namespace')
   async rebuildProgress(@Param() params: NamespaceParamDto) {
     const progress = await this.rebuilds.progress(params.namespace);
     if (!progress) throw unknownNamespace(params.namespace);
@@ -75,6 +116,11 @@ export class VectorController {
   }
 
   @Post('cleanup-slots')
+  @ApiOperation({ summary: 'Drop slots that are neither active nor building (admin)' })
+  @ApiOkResponse({ type: CleanupResponseDto })
+  @ApiNotFound()
+  @ApiConflict('The rebuild lock is held')
+  @ApiIdempotencyErrors()
   @RequireScope('admin')
   @HttpCode(200)
   @IdempotentRoute()
@@ -83,6 +129,11 @@ export class VectorController {
   }
 
   @Post('rollback')
+  @ApiOperation({ summary: 'Re-activate the previous slot, carrying over later upserts (admin)' })
+  @ApiOkResponse({ type: RollbackResponseDto })
+  @ApiNotFound()
+  @ApiConflict('No previous slot, another model, or the rebuild lock is held')
+  @ApiIdempotencyErrors()
   @RequireScope('admin')
   @HttpCode(200)
   @IdempotentRoute()
@@ -91,11 +142,18 @@ export class VectorController {
   }
 
   @Get('statistics')
+  @ApiOperation({ summary: 'Rows, status, sizes and index state per namespace, table and slot' })
+  @ApiOkResponse({ type: StatisticsResponseDto })
+  @ApiNotFound()
   statistics(@Query() query: StatisticsQueryDto) {
     return this.vectors.statistics(query);
   }
 
   @Post('search')
+  @ApiOperation({ summary: 'k nearest items by query text or vector in the active slot' })
+  @ApiOkResponse({ type: SearchResponseDto })
+  @ApiNotFound()
+  @ApiConflict('The namespace was indexed with another embedding model')
   @HttpCode(200)
   search(@Body() dto: SearchDto) {
     return this.vectors.search(dto);

@@ -1,0 +1,112 @@
+/* Response bodies, for the OpenAPI document (the Nest CLI plugin reads these classes). */
+
+export class FieldErrorDto {
+  field!: string;
+  message!: string;
+}
+
+export class UpsertResponseDto {
+  success!: boolean;
+  /** Items written. */
+  processed!: number;
+  namespace!: string;
+  /** The active slot the items went to. */
+  slot!: number;
+  errors!: FieldErrorDto[];
+  /** Embeddings computed by the provider for this request. */
+  embedded!: number;
+  /** Embeddings reused because content and model were unchanged. */
+  reused!: number;
+}
+
+export class RebuildResponseDto {
+  success!: boolean;
+  namespace!: string;
+  /** Items of table `questions` now in the new slot (one `<table>_updated` per registered table). */
+  questions_updated?: number;
+  /** Items of table `patterns` now in the new slot. */
+  patterns_updated?: number;
+  total_processed!: number;
+  embedded!: number;
+  reused!: number;
+  slot!: number;
+  previous_slot!: number;
+  duration_ms!: number;
+}
+
+export class RebuildProgressDto {
+  success!: boolean;
+  namespace!: string;
+  slot!: number;
+  /** running | succeeded | failed */
+  status!: string;
+  /** preparing | loading | indexing | switching | done */
+  phase!: string;
+  processed!: number;
+  total!: number;
+  embedded!: number;
+  reused!: number;
+  error!: string | null;
+  started_at!: Date;
+  updated_at!: Date;
+  finished_at!: Date | null;
+}
+
+export class CleanupResponseDto {
+  success!: boolean;
+  namespace!: string;
+  active_slot!: number;
+  kept_previous_slot!: number | null;
+  dropped_slots!: number[];
+}
+
+export class RollbackResponseDto {
+  success!: boolean;
+  namespace!: string;
+  active_slot!: number;
+  previous_slot!: number;
+  /** Items upserted since the switch, copied into the re-activated slot. */
+  carried_over!: number;
+}
+
+export class SearchResultDto {
+  obj_ref!: string;
+  id!: string | null;
+  /** Cosine similarity, 1 = same direction. */
+  score!: number;
+  content!: string;
+  metadata!: Record<string, unknown> | null;
+}
+
+export class SearchResponseDto {
+  success!: boolean;
+  namespace!: string;
+  slot!: number;
+  results!: SearchResultDto[];
+}
+
+export class SlotStatisticsDto {
+  slot!: number;
+  status!: string;
+  rows!: number;
+  size_bytes!: number;
+  index_present!: boolean;
+  index_valid!: boolean;
+}
+
+export class NamespaceStatisticsDto {
+  namespace!: string;
+  active_slot!: number;
+  building_slot!: number | null;
+  previous_slot!: number | null;
+  model!: string | null;
+  dimension!: number | null;
+  /** Per table: `{ slots: SlotStatistics[] }`. */
+  tables!: Record<string, { slots: SlotStatisticsDto[] }>;
+}
+
+export class StatisticsResponseDto {
+  success!: boolean;
+  tables!: string[];
+  namespaces!: NamespaceStatisticsDto[];
+}

@@ -15,6 +15,7 @@ import { LoggingModule } from './logging/logging.module';
 import { MetricsModule } from './metrics/metrics.module';
 import { REDIS_CLIENT } from './redis/redis.constants';
 import { OperationsModule } from './operations/operations.module';
+import { RateLimitModule } from './rate-limit/rate-limit.module';
 import { RedisModule } from './redis/redis.module';
 import { VectorModule } from './vector/vector.module';
 import { idempotencyOptionsFromConfig, lockOptionsFromConfig } from './coordination-options';
@@ -47,6 +48,7 @@ export class AppModule {
         }),
         HealthModule,
         EmbeddingModule,
+        RateLimitModule,
         VectorModule,
         OperationsModule,
         ...extraModules,

@@ -55,6 +55,10 @@ export const envSchema = z.object({
   // Whether GET /metrics needs a read key like the API (default: open, for scrapers).
   METRICS_REQUIRE_AUTH: bool.default(false),
 
+  // Requests per minute per API key on write routes and on admin routes (counted in Redis).
+  RATE_LIMIT_WRITE_PER_MINUTE: positiveInt.default(600),
+  RATE_LIMIT_ADMIN_PER_MINUTE: positiveInt.default(60),
+
   REDIS_MODE: z.enum(['standalone', 'sentinel', 'cluster']).default('standalone'),
   REDIS_URL: url(['redis:', 'rediss:']),
   REDIS_SENTINELS: hostList.optional(),

@@ -15,6 +15,9 @@ export function testEnv(overrides: Record<string, string> = {}): Record<string, 
     DATABASE_URL: TEST_DATABASE_URL,
     REDIS_URL: TEST_REDIS_URL,
     HEALTH_CHECK_TIMEOUT_MS: '1000',
+    // Test files share one Redis: keep rate limits out of the way except where tested.
+    RATE_LIMIT_WRITE_PER_MINUTE: '1000000',
+    RATE_LIMIT_ADMIN_PER_MINUTE: '1000000',
     ...overrides,
   };
 }
@@ -23,7 +26,9 @@ export function testEnv(overrides: Record<string, string> = {}): Record<string, 
 export function applyTestEnv(overrides: Record<string, string> = {}): void {
   for (const key of Object.keys(process.env)) {
     if (
-      /^(DATABASE_|REDIS_|DEFAULT_|PORT$|HOST$|LOG_LEVEL$|BODY_LIMIT|SHUTDOWN_|MIGRATE_)/.test(key)
+      /^(DATABASE_|REDIS_|DEFAULT_|PORT$|HOST$|LOG_LEVEL$|BODY_LIMIT|SHUTDOWN_|MIGRATE_|RATE_LIMIT_|API_KEYS$|LOCK_|IDEMPOTENCY_|EMBEDDING_|VECTOR_|METRICS_)/.test(
+        key,
+      )
     ) {
       delete process.env[key];
     }

@@ -1,10 +1,12 @@
 import { Type } from '@nestjs/common';
+import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
 import { NestFactory } from '@nestjs/core';
 import { FastifyAdapter, NestFastifyApplication } from '@nestjs/platform-fastify';
 import { Logger } from 'nestjs-pino';
 import { Registry } from 'prom-client';
 import { AppModule } from './app.module';
 import { serveOpenApi } from './common/openapi';
+import { PROBLEM_CONTENT_TYPE, problem } from './common/problem';
 import { instrumentHttp } from './metrics/http-metrics';
 import { validateEnv } from './config/env.schema';
 import { REQUEST_ID_HEADER, requestIdFor } from './logging/logging.module';
@@ -29,6 +31,16 @@ export async function createApp(options: CreateAppOptions = {}): Promise<NestFas
     genReqId: requestIdFor,
     // On close, drop idle keep-alive connections at once; in-flight requests still complete.
     forceCloseConnections: 'idle',
+    // Lock keys (path parameters) may be 400 characters, more when percent-encoded.
+    maxParamLength: 2_048,
+    // Router-level failures (malformed URL, over-long parameter) as problem+json too.
+    frameworkErrors: (error: FastifyError, _request: FastifyRequest, reply: FastifyReply) => {
+      const status = error.statusCode ?? 400;
+      void reply
+        .status(status)
+        .header('content-type', PROBLEM_CONTENT_TYPE)
+        .send(problem(status, error.message));
+    },
     return503OnClosing: true,
   });
   const app = await NestFactory.create<NestFastifyApplication>(appModule, adapter, {

@@ -53,6 +53,15 @@ export class RebuildService {
     private readonly indexes: IndexMaintenance,
   ) {}
 
+  /**
+   * The idempotent rebuild behind POST /rebuild-index. An unknown namespace is refused before
+   * any idempotency record or lock is written.
+   */
+  async rebuildIndex(namespace: string, force: boolean): Promise<RebuildOutcome> {
+    await this.requireNamespace(namespace);
+    return (await this.rebuildOnce(namespace, force)) as RebuildOutcome;
+  }
+
   /** One rebuild per namespace across replicas; callers that arrive meanwhile get its result. */
   @Idempotent({
     key: (namespace: string) => rebuildIdempotencyKey(namespace),
@@ -69,6 +78,7 @@ export class RebuildService {
 
   /** The seed's context-manager form: the rebuild lock held explicitly through the lock API. */
   async rebuildHoldingLock(namespace: string): Promise<RebuildResult> {
+    await this.requireNamespace(namespace);
     const lock = await this.locks.acquire(rebuildLockKey(namespace), {
       ttlMs: this.settings.lockTtlMs,
       waitTimeoutMs: this.settings.lockWaitMs,
@@ -88,6 +98,7 @@ export class RebuildService {
    * is never touched; a building slot left by a crashed rebuild is dropped too.
    */
   async cleanup(namespace: string, keepPrevious: boolean): Promise<CleanupResult> {
+    await this.requireNamespace(namespace);
     return this.locks.withLock(
       rebuildLockKey(namespace),
       (lock) =>
@@ -125,6 +136,7 @@ export class RebuildService {
    * dimension (otherwise rebuild instead).
    */
   async rollback(namespace: string) {
+    await this.requireNamespace(namespace);
     return this.locks.withLock(
       rebuildLockKey(namespace),
       (lock) =>
@@ -175,6 +187,10 @@ export class RebuildService {
         operation: 'rollback',
       },
     );
+  }
+
+  private async requireNamespace(namespace: string): Promise<void> {
+    if (!(await this.namespaces.find(namespace))) throw unknownNamespace(namespace);
   }
 
   progress(namespace: string) {

@@ -36,7 +36,7 @@ import {
   StatisticsResponseDto,
   UpsertResponseDto,
 } from './dto/responses.dto';
-import { RebuildOutcome, RebuildResult, RebuildService } from './rebuild.service';
+import { RebuildResult, RebuildService } from './rebuild.service';
 import { unknownNamespace } from './vector.errors';
 import { VectorService } from './vector.service';
 
@@ -82,7 +82,7 @@ export class VectorController {
   @HttpCode(200)
   @IdempotentRoute()
   async rebuildIndex(@Body() dto: RebuildDto): Promise<RebuildResult> {
-    const outcome = (await this.rebuilds.rebuildOnce(dto.namespace, dto.force)) as RebuildOutcome;
+    const outcome = await this.rebuilds.rebuildIndex(dto.namespace, dto.force);
     if (outcome.status === 'done') return outcome.result;
     throw new ConflictException({
       message: `A rebuild of ${dto.namespace} is still running; its result will be replayed when it finishes.`,

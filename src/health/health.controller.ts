@@ -23,6 +23,7 @@ export class HealthController {
     return this.health.check([
       () => this.indicators.redisPing(),
       () => this.indicators.postgresAndPgvector(),
+      () => this.indicators.lockRoundTrip(),
     ]);
   }
 

@@ -4,6 +4,7 @@ import { HealthIndicatorResult, HealthIndicatorService } from '@nestjs/terminus'
 import { Pool } from 'pg';
 import { Env } from '../config/env.schema';
 import { PG_POOL } from '../database/database.constants';
+import { LockService } from '../lock';
 import { REDIS_CLIENT, RedisConnection } from '../redis/redis.constants';
 import { ShutdownState } from './shutdown-state';
 
@@ -39,6 +40,7 @@ export class DependencyIndicators {
     @Inject(REDIS_CLIENT) private readonly redis: RedisConnection,
     @Inject(PG_POOL) private readonly pool: Pool,
     private readonly shutdown: ShutdownState,
+    private readonly locks: LockService,
     config: ConfigService<Env, true>,
   ) {
     this.timeoutMs = config.get('HEALTH_CHECK_TIMEOUT_MS', { infer: true });
@@ -100,6 +102,29 @@ export class DependencyIndicators {
       return indicator.up();
     } catch (error) {
       return indicator.down({ message: messageOf(error) });
+    }
+  }
+
+  /** A real lock acquire + release on a key of this instance: the lock path works end to end. */
+  async lockRoundTrip(): Promise<HealthIndicatorResult> {
+    const indicator = this.health.check('locks');
+    const started = performance.now();
+    try {
+      const handle = await withTimeout(
+        this.locks.tryAcquire(`${this.locks.prefix}health:${this.locks.instanceId}`, {
+          ttlMs: 5_000,
+          operation: 'health-check',
+        }),
+        this.timeoutMs,
+        'lock round trip',
+      );
+      await handle?.release();
+      return indicator.up({
+        backend: this.locks.backendKind,
+        latency_ms: round(performance.now() - started),
+      });
+    } catch (error) {
+      return indicator.down({ backend: this.locks.backendKind, message: messageOf(error) });
     }
   }
 

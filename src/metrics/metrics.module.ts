@@ -1,5 +1,6 @@
 import { Global, Module } from '@nestjs/common';
 import { Registry, collectDefaultMetrics } from 'prom-client';
+import { InfraMetrics } from './infra-metrics';
 import { MetricsAuthGuard } from './metrics-auth.guard';
 import { MetricsController } from './metrics.controller';
 
@@ -11,6 +12,7 @@ import { MetricsController } from './metrics.controller';
 @Module({
   providers: [
     MetricsAuthGuard,
+    InfraMetrics,
     {
       provide: Registry,
       useFactory: () => {

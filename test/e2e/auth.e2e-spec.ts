@@ -200,6 +200,8 @@ describe('Auth: API keys and scopes', () => {
       'http_request_duration_seconds_bucket',
       'idempotency_singleflight_total',
       'process_cpu_user_seconds_total',
+      'pg_pool_connections{state="idle"}',
+      'redis_connection_up 1',
     ]) {
       expect(response.text).toContain(series);
     }

@@ -16,6 +16,7 @@ describe('health endpoints (real Redis and Postgres + pgvector)', () => {
     expect(res.body.details.postgres.server_version).toMatch(/^\d+/);
     expect(res.body.details.pgvector).toMatchObject({ status: 'up' });
     expect(res.body.details.pgvector.version).toMatch(/^\d+\.\d+\.\d+$/);
+    expect(res.body.details.locks).toMatchObject({ status: 'up', backend: 'redis' });
   });
 
   it('reports whether parallel HNSW builds are safe for the installed pgvector', async () => {

@@ -1,4 +1,5 @@
 import type { Pool, PoolClient } from 'pg';
+import { withTransaction } from '../database/transaction';
 import { StaleFenceError } from './lock.errors';
 
 /** What a fenced write needs from a lock handle. */
@@ -27,24 +28,11 @@ export class PostgresFencing {
   }
 
   /** Runs `work` in a transaction that starts with the fence check; rolls back on any error. */
-  async transaction<T>(
-    pool: Pool,
-    lock: Fenced,
-    work: (client: PoolClient) => Promise<T>,
-  ): Promise<T> {
-    const client = await pool.connect();
-    try {
-      await client.query('BEGIN');
+  transaction<T>(pool: Pool, lock: Fenced, work: (client: PoolClient) => Promise<T>): Promise<T> {
+    return withTransaction(pool, async (client) => {
       await this.check(client, lock);
-      const result = await work(client);
-      await client.query('COMMIT');
-      return result;
-    } catch (error) {
-      await client.query('ROLLBACK').catch(() => undefined);
-      throw error;
-    } finally {
-      client.release();
-    }
+      return work(client);
+    });
   }
 
   /** Raises the recorded fence (after a force-release) so writes below it are refused. */

@@ -47,17 +47,9 @@ export class IndexMaintenance implements OnApplicationBootstrap, OnApplicationSh
           if (!slot) continue;
           for (const table of this.tables.names) {
             if (!(await this.schema.slotTableExists(table, slot.id))) {
-              const client = await this.schema.connect();
-              try {
-                await client.query('BEGIN');
-                await this.schema.createSlotTables(client, slot.id, slot.dimension, true);
-                await client.query('COMMIT');
-              } catch (error) {
-                await client.query('ROLLBACK').catch(() => undefined);
-                throw error;
-              } finally {
-                client.release();
-              }
+              await this.schema.transaction((client) =>
+                this.schema.createSlotTables(client, slot.id, slot.dimension, true),
+              );
             }
             if (
               (await this.schema.ensureIndex(table, slot.id, slot.dimension, settings)) ===

@@ -4,6 +4,7 @@ import { Pool, PoolClient } from 'pg';
 import { FieldError } from '../common/problem';
 import { invalidRequest } from '../common/validation';
 import { PG_POOL } from '../database/database.constants';
+import { withTransaction } from '../database/transaction';
 import { EMBEDDING_PROVIDER } from '../embedding/embedding.module';
 import { EmbeddingProvider } from '../embedding/embedding.types';
 import { LockService, PostgresFencing, WithLock } from '../lock';
@@ -199,19 +200,8 @@ export class VectorService {
     return row ? this.namespaces.slot(namespace, row.active_slot, db) : null;
   }
 
-  async transaction<T>(work: (client: PoolClient) => Promise<T>): Promise<T> {
-    const client = await this.pool.connect();
-    try {
-      await client.query('BEGIN');
-      const result = await work(client);
-      await client.query('COMMIT');
-      return result;
-    } catch (error) {
-      await client.query('ROLLBACK').catch(() => undefined);
-      throw error;
-    } finally {
-      client.release();
-    }
+  transaction<T>(work: (client: PoolClient) => Promise<T>): Promise<T> {
+    return withTransaction(this.pool, work);
   }
 
   /**

@@ -1,6 +1,7 @@
 import { Inject, Injectable } from '@nestjs/common';
 import { Pool, PoolClient } from 'pg';
 import { PG_POOL } from '../../database/database.constants';
+import { withTransaction } from '../../database/transaction';
 import { VectorTables } from '../vector-tables';
 
 export interface IndexSettings {
@@ -40,8 +41,8 @@ export class VectorSchemaRepository {
     private readonly tables: VectorTables,
   ) {}
 
-  connect(): Promise<PoolClient> {
-    return this.pool.connect();
+  transaction<T>(work: (client: PoolClient) => Promise<T>): Promise<T> {
+    return withTransaction(this.pool, work);
   }
 
   /** Creates missing parents (idempotent; the caller serialises replicas). */

@@ -32,7 +32,7 @@ export async function createApp(options: CreateAppOptions = {}): Promise<NestFas
     // On close, drop idle keep-alive connections at once; in-flight requests still complete.
     forceCloseConnections: 'idle',
     // Lock keys (path parameters) may be 400 characters, more when percent-encoded.
-    maxParamLength: 2_048,
+    routerOptions: { maxParamLength: 2_048 },
     // Router-level failures (malformed URL, over-long parameter) as problem+json too.
     frameworkErrors: (error: FastifyError, _request: FastifyRequest, reply: FastifyReply) => {
       const status = error.statusCode ?? 400;

@@ -50,6 +50,20 @@ export class ServiceProcess {
     return new ServiceProcess(child);
   }
 
+  /** Runs a plain Node script (test helpers that load dist/) with the test's environment. */
+  static startScript(
+    script: string,
+    args: string[] = [],
+    { stdin = false }: { stdin?: boolean } = {},
+  ): ServiceProcess {
+    requireBuild();
+    const child = spawn(process.execPath, [script, ...args], {
+      env: { PATH: process.env.PATH ?? '' },
+      stdio: [stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
+    });
+    return new ServiceProcess(child);
+  }
+
   /** Every stdout line parsed as JSON (throws on a line that is not). */
   jsonLogLines(): Record<string, unknown>[] {
     return this.stdout

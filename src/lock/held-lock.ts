@@ -17,7 +17,9 @@ export interface HeldLockHooks {
 export class HeldLock implements LockHandle, MultiLockHandle {
   readonly fences: Readonly<Record<string, number>>;
   readonly acquiredAt = performance.now();
-  private readonly controller = new AbortController();
+  // Created on first use: most holders never look at their signal.
+  private controller?: AbortController;
+  private lostReason?: LockLostError;
   private state: 'held' | 'lost' | 'released' = 'held';
   private deadline: number;
   private renewTimer?: NodeJS.Timeout;
@@ -49,6 +51,10 @@ export class HeldLock implements LockHandle, MultiLockHandle {
   }
 
   get signal(): AbortSignal {
+    if (!this.controller) {
+      this.controller = new AbortController();
+      if (this.lostReason) this.controller.abort(this.lostReason);
+    }
     return this.controller.signal;
   }
 
@@ -59,7 +65,7 @@ export class HeldLock implements LockHandle, MultiLockHandle {
   async extend(ttlMs = this.ttlMs): Promise<void> {
     if (this.state !== 'held') throw new LockLostError(this.key, `already ${this.state}`);
     const sentAt = performance.now();
-    const extended = await this.backend.extend([...this.keys], this.token, ttlMs);
+    const extended = await this.backend.extend(this.keys as string[], this.token, ttlMs);
     if (!this.held) throw new LockLostError(this.key, 'released or lost while extending');
     if (!extended) {
       this.lose('the lease had expired or was taken over');
@@ -77,7 +83,7 @@ export class HeldLock implements LockHandle, MultiLockHandle {
     this.stopTimers();
     if (wasHeld) this.hooks.settled(this, false);
     // Compare-and-delete: a no-op if the lease already passed to someone else.
-    return (await this.backend.release([...this.keys], this.token)) > 0;
+    return (await this.backend.release(this.keys as string[], this.token)) > 0;
   }
 
   private scheduleRenewal(delayMs: number): void {
@@ -89,7 +95,7 @@ export class HeldLock implements LockHandle, MultiLockHandle {
     const sentAt = performance.now();
     let extended: boolean;
     try {
-      extended = await this.backend.extend([...this.keys], this.token, this.ttlMs);
+      extended = await this.backend.extend(this.keys as string[], this.token, this.ttlMs);
     } catch (error) {
       if (this.state !== 'held') return;
       this.hooks.renewalFailed(this, error);
@@ -130,7 +136,8 @@ export class HeldLock implements LockHandle, MultiLockHandle {
     this.stopTimers();
     this.logger.warn(`lock ${this.keys.join(', ')} lost: ${reason}`);
     this.hooks.settled(this, true);
-    this.controller.abort(new LockLostError(this.key, reason));
+    this.lostReason = new LockLostError(this.key, reason);
+    this.controller?.abort(this.lostReason);
   }
 
   private stopTimers(): void {

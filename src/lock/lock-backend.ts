@@ -1,5 +1,8 @@
 import { ForceReleaseResult, LockHolder, LockStatus } from './lock.types';
 
+/** How an attempt relates to waiting: see LockBackend.tryAcquire. */
+export type WaitMode = 'none' | 'join' | 'stay';
+
 /** Outcome of one attempt: the fences of the keys taken, or the holder's remaining lease. */
 export type AttemptResult =
   { acquired: true; fences: number[] } | { acquired: false; holderTtlMs: number | null };
@@ -11,13 +14,21 @@ export type AttemptResult =
 export interface LockBackend {
   readonly kind: 'redis' | 'memory';
 
-  /** Takes every key (all or none) for `ttlMs`, bumping each key's fence. */
+  /**
+   * Takes every key (all or none) for `ttlMs`, bumping each key's fence. `waitMode` registers
+   * the caller as a waiter on failure (`join`), or unregisters it on success (`stay`), so that
+   * releases are announced only when someone waits.
+   */
   tryAcquire(
     keys: string[],
     token: string,
     ttlMs: number,
     holder: LockHolder,
+    waitMode: WaitMode,
   ): Promise<AttemptResult>;
+
+  /** Unregisters a waiter that gave up. */
+  leaveWait(keys: string[]): Promise<void>;
 
   /**
    * Fair variant for one key: joins the key's ticket queue (once) and takes the lock only when

@@ -14,6 +14,7 @@ export class LockMetrics {
   readonly waitSeconds: Histogram<'operation'>;
   readonly holdSeconds: Histogram<'operation'>;
   private readonly heldAges = new Map<object, { operation: string; since: number }>();
+  private readonly children = new Map<string, ReturnType<LockMetrics['labelled']>>();
 
   constructor(@Optional() registry: Registry = new Registry()) {
     const registers = [registry];
@@ -71,6 +72,30 @@ export class LockMetrics {
         this.set(ages.size);
       },
     });
+  }
+
+  /** Label-bound children, cached per operation: the hot path skips label hashing. */
+  of(operation: string) {
+    let children = this.children.get(operation);
+    if (!children) {
+      children = this.labelled(operation);
+      this.children.set(operation, children);
+    }
+    return children;
+  }
+
+  private labelled(operation: string) {
+    const labels = { operation };
+    return {
+      attempts: this.attempts.labels(labels),
+      acquired: this.acquired.labels(labels),
+      conflicts: this.conflicts.labels(labels),
+      timeouts: this.timeouts.labels(labels),
+      errors: this.errors.labels(labels),
+      lost: this.lost.labels(labels),
+      waitSeconds: this.waitSeconds.labels(labels),
+      holdSeconds: this.holdSeconds.labels(labels),
+    };
   }
 
   holding(lock: object, operation: string): void {

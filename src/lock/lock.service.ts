@@ -5,7 +5,7 @@ import { Inject, Injectable, Logger, OnModuleDestroy } from '@nestjs/common';
 import { KeyedWakeups, Wakeable } from '../common/keyed-wakeups';
 import { definedOnly } from '../common/objects';
 import { HeldLock, HeldLockHooks } from './held-lock';
-import { LockBackend } from './lock-backend';
+import { LockBackend, WaitMode } from './lock-backend';
 import { LOCK_BACKEND } from './lock.constants';
 import { LockBackendError, LockNotAcquiredError } from './lock.errors';
 import { assertLockKey } from './lock-keys';
@@ -51,6 +51,8 @@ export class LockService implements OnModuleDestroy {
   private readonly held = new Set<HeldLock>();
   private readonly context = new AsyncLocalStorage<HeldLock[]>();
   private readonly hooks: HeldLockHooks;
+  private readonly tokenPrefix = `${randomBytes(12).toString('base64url')}.`;
+  private sequence = 0;
 
   constructor(
     @Inject(LOCK_BACKEND) private readonly backend: LockBackend,
@@ -64,15 +66,12 @@ export class LockService implements OnModuleDestroy {
       settled: (lock, lost) => {
         this.held.delete(lock);
         this.metrics.released(lock);
-        const operation = operationOf(lock);
-        if (lost) this.metrics.lost.inc({ operation });
-        this.metrics.holdSeconds.observe(
-          { operation },
-          (performance.now() - lock.acquiredAt) / 1000,
-        );
+        const metrics = this.metrics.of(operationOf(lock));
+        if (lost) metrics.lost.inc();
+        metrics.holdSeconds.observe((performance.now() - lock.acquiredAt) / 1000);
       },
       renewalFailed: (lock, error) => {
-        this.metrics.errors.inc({ operation: operationOf(lock) });
+        this.metrics.of(operationOf(lock)).errors.inc();
         this.logger.warn(`renewal of ${lock.keys.join(', ')} failed: ${String(error)}`);
       },
     };
@@ -87,11 +86,8 @@ export class LockService implements OnModuleDestroy {
   }
 
   /** Waits up to `waitTimeoutMs` for the lock; throws LockNotAcquiredError after that. */
-  async acquire(
-    key: string,
-    options: AcquireOptions & { renew?: boolean } = {},
-  ): Promise<LockHandle> {
-    return (await this.acquireKeys({ ...options, keys: [key], mustAcquire: true }))!;
+  acquire(key: string, options: AcquireOptions & { renew?: boolean } = {}): Promise<LockHandle> {
+    return this.acquireKeys({ ...options, keys: [key], mustAcquire: true }) as Promise<LockHandle>;
   }
 
   /** One attempt, no waiting: the handle, or null when the lock is taken. */
@@ -193,7 +189,9 @@ export class LockService implements OnModuleDestroy {
     if (!(ttlMs > 0) || !(waitMs >= 0))
       throw new RangeError('ttlMs must be > 0, waitTimeoutMs >= 0');
     const operation = request.operation ?? 'unnamed';
-    const token = randomBytes(16).toString('base64url');
+    const metrics = this.metrics.of(operation);
+    // Unique per acquisition; no colon (values are `<token>:<holder>`).
+    const token = `${this.tokenPrefix}${(this.sequence++).toString(36)}`;
     const holder: LockHolder = {
       instanceId: this.instanceId,
       pid: process.pid,
@@ -203,13 +201,18 @@ export class LockService implements OnModuleDestroy {
     const fair = request.fair === true && keys.length === 1;
     const started = performance.now();
     const deadline = started + waitMs;
-    this.metrics.attempts.inc({ operation });
-    const wake = waitMs > 0 ? this.wakeOnRelease(keys) : undefined;
+    metrics.attempts.inc();
+    // Registered (counted in Redis, woken locally) from the first conflict on, so an
+    // uncontended acquire costs one round trip and its release publishes nothing.
+    let waiting = false;
+    let wake: Wakeable | undefined;
     try {
       for (let attempt = 0; ; attempt++) {
         const leaseStartedAt = performance.now();
-        const result = await this.attempt(keys, token, ttlMs, holder, fair, operation);
+        const waitMode: WaitMode = fair || waitMs === 0 ? 'none' : waiting ? 'stay' : 'join';
+        const result = await this.attempt(keys, token, ttlMs, holder, fair, waitMode, operation);
         if (result.acquired) {
+          waiting = false;
           const lock = new HeldLock(
             this.backend,
             this.hooks,
@@ -224,16 +227,18 @@ export class LockService implements OnModuleDestroy {
           operations.set(lock, operation);
           this.held.add(lock);
           this.metrics.holding(lock, operation);
-          this.metrics.acquired.inc({ operation });
-          this.metrics.waitSeconds.observe({ operation }, (performance.now() - started) / 1000);
+          metrics.acquired.inc();
+          metrics.waitSeconds.observe((performance.now() - started) / 1000);
           return lock;
         }
-        this.metrics.conflicts.inc({ operation });
+        waiting = waitMode !== 'none';
+        metrics.conflicts.inc();
         const left = deadline - performance.now();
         if (left <= 0) {
-          if (fair) await this.backend.leaveQueue(keys[0], token).catch(() => undefined);
+          await this.stopWaiting(keys, token, fair, waiting);
+          waiting = false;
           if (!request.mustAcquire) return null;
-          this.metrics.timeouts.inc({ operation });
+          metrics.timeouts.inc();
           throw new LockNotAcquiredError(
             keys.join(', '),
             Math.round(performance.now() - started),
@@ -245,14 +250,21 @@ export class LockService implements OnModuleDestroy {
         if (result.holderTtlMs !== null) delay = Math.min(delay, result.holderTtlMs + 1);
         // A fair waiter must keep showing up, or it is skipped as dead.
         if (fair) delay = Math.min(delay, this.settings.fairStaleMs / 4);
-        await wake!.sleep(Math.min(delay, left), request.signal);
+        wake ??= this.wakeOnRelease(keys);
+        await wake.sleep(Math.min(delay, left), request.signal);
       }
     } catch (error) {
-      if (fair) await this.backend.leaveQueue(keys[0], token).catch(() => undefined);
+      await this.stopWaiting(keys, token, fair, waiting);
       throw error;
     } finally {
       wake?.dispose();
     }
+  }
+
+  /** Best effort: a waiter that is not uncounted only causes spare wake-ups until expiry. */
+  private async stopWaiting(keys: string[], token: string, fair: boolean, waiting: boolean) {
+    if (fair) await this.backend.leaveQueue(keys[0], token).catch(() => undefined);
+    if (waiting) await this.backend.leaveWait(keys).catch(() => undefined);
   }
 
   private async attempt(
@@ -261,6 +273,7 @@ export class LockService implements OnModuleDestroy {
     ttlMs: number,
     holder: LockHolder,
     fair: boolean,
+    waitMode: WaitMode,
     operation: string,
   ) {
     try {
@@ -272,9 +285,9 @@ export class LockService implements OnModuleDestroy {
             holder,
             this.settings.fairStaleMs,
           )
-        : await this.backend.tryAcquire(keys, token, ttlMs, holder);
+        : await this.backend.tryAcquire(keys, token, ttlMs, holder, waitMode);
     } catch (error) {
-      this.metrics.errors.inc({ operation });
+      this.metrics.of(operation).errors.inc();
       throw error instanceof LockBackendError
         ? error
         : new LockBackendError(keys.join(', '), error);

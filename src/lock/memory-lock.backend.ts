@@ -1,4 +1,10 @@
-import { AttemptResult, LockBackend, decodeLockValue, encodeLockValue } from './lock-backend';
+import {
+  AttemptResult,
+  LockBackend,
+  WaitMode,
+  decodeLockValue,
+  encodeLockValue,
+} from './lock-backend';
 import { ForceReleaseResult, LockHolder, LockStatus } from './lock.types';
 
 interface Entry {
@@ -27,6 +33,7 @@ export class MemoryLockBackend implements LockBackend {
     token: string,
     ttlMs: number,
     holder: LockHolder,
+    _waitMode: WaitMode,
   ): Promise<AttemptResult> {
     for (const key of keys) {
       const entry = this.live(key);
@@ -59,6 +66,11 @@ export class MemoryLockBackend implements LockBackend {
     queue.shift();
     if (queue.length === 0) this.queues.delete(key);
     return Promise.resolve({ acquired: true, fences: [this.take(key, token, ttlMs, holder)] });
+  }
+
+  /** Releases are always announced here (in-process, free): no waiter count to keep. */
+  leaveWait(_keys: string[]): Promise<void> {
+    return Promise.resolve();
   }
 
   leaveQueue(key: string, token: string): Promise<void> {

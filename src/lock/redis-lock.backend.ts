@@ -1,7 +1,13 @@
 import { Logger } from '@nestjs/common';
 import calculateSlot from 'cluster-key-slot';
 import Redis, { Cluster } from 'ioredis';
-import { AttemptResult, LockBackend, decodeLockValue, encodeLockValue } from './lock-backend';
+import {
+  AttemptResult,
+  LockBackend,
+  WaitMode,
+  decodeLockValue,
+  encodeLockValue,
+} from './lock-backend';
 import { LockBackendError } from './lock.errors';
 import { siblingKey } from './lock-keys';
 import { ForceReleaseResult, LockHolder, LockStatus } from './lock.types';
@@ -11,6 +17,7 @@ import {
   EXTEND,
   FORCE_RELEASE,
   LEAVE_QUEUE,
+  LEAVE_WAIT,
   RELEASE,
 } from './redis-lock.scripts';
 
@@ -23,6 +30,7 @@ type ScriptCommand = (numberOfKeys: number, ...args: (string | number)[]) => Pro
 const SCRIPTS = {
   lockAcquire: ACQUIRE,
   lockAcquireFair: ACQUIRE_FAIR,
+  lockLeaveWait: LEAVE_WAIT,
   lockLeaveQueue: LEAVE_QUEUE,
   lockExtend: EXTEND,
   lockRelease: RELEASE,
@@ -32,6 +40,8 @@ const SCRIPTS = {
 type ScriptName = keyof typeof SCRIPTS;
 
 const fenceKey = (key: string) => siblingKey(key, 'fence');
+const waitersKey = (key: string) => siblingKey(key, 'waiters');
+const queueKey = (key: string) => siblingKey(key, 'queue');
 
 /** Redis (standalone, Sentinel or Cluster) lock store; one round trip per operation. */
 export class RedisLockBackend implements LockBackend {
@@ -55,15 +65,20 @@ export class RedisLockBackend implements LockBackend {
     token: string,
     ttlMs: number,
     holder: LockHolder,
+    waitMode: WaitMode,
   ): Promise<AttemptResult> {
     this.assertSameSlot(keys);
     const reply = (await this.run(
       'lockAcquire',
       keys[0],
-      [...keys, ...keys.map(fenceKey)],
-      [encodeLockValue(token, holder), ttlMs],
+      [...keys, ...keys.map(fenceKey), ...keys.map(waitersKey)],
+      [encodeLockValue(token, holder), ttlMs, waitMode],
     )) as number[];
     return toAttempt(reply);
+  }
+
+  async leaveWait(keys: string[]): Promise<void> {
+    await this.run('lockLeaveWait', keys[0], keys.map(waitersKey), []);
   }
 
   async tryAcquireFair(
@@ -76,7 +91,7 @@ export class RedisLockBackend implements LockBackend {
     const keys = [
       key,
       fenceKey(key),
-      siblingKey(key, 'queue'),
+      queueKey(key),
       siblingKey(key, 'seen'),
       siblingKey(key, 'ticket'),
     ];
@@ -103,10 +118,12 @@ export class RedisLockBackend implements LockBackend {
   }
 
   async release(keys: string[], token: string): Promise<number> {
-    return (await this.run('lockRelease', keys[0], keys, [
-      `${token}:`,
-      this.releaseChannel,
-    ])) as number;
+    return (await this.run(
+      'lockRelease',
+      keys[0],
+      [...keys, ...keys.map(waitersKey), ...keys.map(queueKey)],
+      [`${token}:`, this.releaseChannel],
+    )) as number;
   }
 
   async status(key: string): Promise<LockStatus> {

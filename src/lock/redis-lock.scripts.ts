@@ -5,30 +5,52 @@
  */
 
 /**
- * Takes N locks, all or none, and bumps each one's fence.
- * KEYS[1..N] lock keys, KEYS[N+1..2N] their fence counters.
- * ARGV[1] lock value, ARGV[2] ttl in ms.
+ * Takes N locks, all or none, and bumps each one's fence. Waiters register in a counter per key
+ * so that releases announce themselves only when someone listens.
+ * KEYS[1..N] lock keys, KEYS[N+1..2N] fence counters, KEYS[2N+1..3N] waiter counters.
+ * ARGV[1] lock value, ARGV[2] ttl in ms, ARGV[3] wait mode: 'none' (will not wait), 'join'
+ * (will wait: count me on failure), 'stay' (already counted: uncount me on success).
  * Returns {1, fence1, ..., fenceN} when taken, else {0, pttl of the first taken key}.
  */
 export const ACQUIRE = `
-local n = #KEYS / 2
+local n = #KEYS / 3
+local taken = nil
 if n == 1 then
-  if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-    return {0, redis.call('PTTL', KEYS[1])}
+  -- The common case in one command: SET NX both tests and takes.
+  if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then taken = 1 end
+else
+  for i = 1, n do
+    if redis.call('EXISTS', KEYS[i]) == 1 then taken = i break end
   end
-  return {1, redis.call('INCR', KEYS[2])}
 end
-for i = 1, n do
-  if redis.call('EXISTS', KEYS[i]) == 1 then
-    return {0, redis.call('PTTL', KEYS[i])}
+if taken then
+  if ARGV[3] ~= 'none' then
+    for i = 1, n do
+      if ARGV[3] == 'join' then redis.call('INCR', KEYS[2 * n + i]) end
+      redis.call('PEXPIRE', KEYS[2 * n + i], 60000)
+    end
   end
+  return {0, redis.call('PTTL', KEYS[taken])}
 end
 local result = {1}
 for i = 1, n do
-  redis.call('SET', KEYS[i], ARGV[1], 'PX', ARGV[2])
+  if n > 1 then redis.call('SET', KEYS[i], ARGV[1], 'PX', ARGV[2]) end
   result[i + 1] = redis.call('INCR', KEYS[n + i])
+  if ARGV[3] == 'stay' and redis.call('DECR', KEYS[2 * n + i]) <= 0 then
+    redis.call('DEL', KEYS[2 * n + i])
+  end
 end
 return result
+`;
+
+/**
+ * Uncounts a waiter that gave up. KEYS[1..N] waiter counters.
+ */
+export const LEAVE_WAIT = `
+for i = 1, #KEYS do
+  if redis.call('DECR', KEYS[i]) <= 0 then redis.call('DEL', KEYS[i]) end
+end
+return 1
 `;
 
 /**
@@ -93,18 +115,23 @@ return 1
 `;
 
 /**
- * Compare-and-delete of the locks still held by the owner, then a wake-up for waiters.
- * KEYS[1..N] lock keys. ARGV[1] `<token>:`, ARGV[2] release channel ('' for none).
+ * Compare-and-delete of the locks still held by the owner, then a wake-up for waiters, if any
+ * (counted waiters or a fair queue): an uncontended release publishes nothing.
+ * KEYS[1..N] lock keys, KEYS[N+1..2N] waiter counters, KEYS[2N+1..3N] fair queues.
+ * ARGV[1] `<token>:`, ARGV[2] release channel.
  * Returns the number of keys removed.
  */
 export const RELEASE = `
+local n = #KEYS / 3
 local released = 0
-for i = 1, #KEYS do
+for i = 1, n do
   local value = redis.call('GET', KEYS[i])
   if value and string.sub(value, 1, #ARGV[1]) == ARGV[1] then
     redis.call('DEL', KEYS[i])
     released = released + 1
-    if ARGV[2] ~= '' then redis.call('PUBLISH', ARGV[2], KEYS[i]) end
+    if redis.call('EXISTS', KEYS[n + i], KEYS[2 * n + i]) > 0 then
+      redis.call('PUBLISH', ARGV[2], KEYS[i])
+    end
   end
 end
 return released

@@ -211,6 +211,58 @@ describe('Auth: API keys and scopes', () => {
   });
 });
 
+describe('Idempotency-Key on the real write endpoints, scoped by API key', () => {
+  let app: TestApp;
+
+  beforeAll(async () => {
+    app = await startTestApp({ API_KEYS });
+  });
+
+  afterAll(async () => {
+    await app.close();
+  });
+
+  it('replays a batch-upsert for the same key and caller, and runs it again for another caller', async () => {
+    const namespace = `idem-${Date.now().toString(36)}`;
+    const body = { items: [{ obj_ref: 'a', content: 'once' }], table_name: 'questions', namespace };
+    const key = `upsert-${namespace}`;
+    const first = await app.http
+      .post('/api/v1/vector/batch-upsert')
+      .set('authorization', `Bearer ${SECRETS.write}`)
+      .set('idempotency-key', key)
+      .send(body)
+      .expect(200);
+    const replay = await app.http
+      .post('/api/v1/vector/batch-upsert')
+      .set('authorization', `Bearer ${SECRETS.write}`)
+      .set('idempotency-key', key)
+      .send(body)
+      .expect(200);
+    expect(replay.headers['idempotent-replayed']).toBe('true');
+    expect(replay.body).toEqual(first.body);
+    const other = await app.http
+      .post('/api/v1/vector/batch-upsert')
+      .set('authorization', `Bearer ${SECRETS.admin}`)
+      .set('idempotency-key', key)
+      .send(body)
+      .expect(200);
+    expect(other.headers['idempotent-replayed']).toBeUndefined();
+    expect(other.body.reused).toBe(1);
+  });
+});
+
+describe('/metrics behind auth when configured', () => {
+  it('needs a read key with METRICS_REQUIRE_AUTH=true', async () => {
+    const app = await startTestApp({ API_KEYS, METRICS_REQUIRE_AUTH: 'true' });
+    try {
+      await app.http.get('/metrics').expect(401);
+      await app.http.get('/metrics').set('authorization', `Bearer ${SECRETS.read}`).expect(200);
+    } finally {
+      await app.close();
+    }
+  });
+});
+
 describe('Auth at start-up', () => {
   it('refuses to start in production without API keys, and on malformed keys', async () => {
     const noKeys = await ServiceProcess.start('main.js', testEnv({ NODE_ENV: 'production' }))

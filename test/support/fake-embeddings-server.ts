@@ -26,9 +26,12 @@ export class FakeEmbeddingsServer {
   ) {}
 
   static async start(dimension: number): Promise<FakeEmbeddingsServer> {
-    let fake!: FakeEmbeddingsServer;
-    const server = createServer((request, response) => void fake.handle(request, response));
-    fake = new FakeEmbeddingsServer(server, dimension);
+    const server = createServer();
+    const fake = new FakeEmbeddingsServer(server, dimension);
+    server.on(
+      'request',
+      (request: IncomingMessage, response: ServerResponse) => void fake.handle(request, response),
+    );
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     return fake;
   }

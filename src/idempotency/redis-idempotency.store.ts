@@ -1,3 +1,4 @@
+import { subscriberFor } from '../redis/subscriber';
 import { Logger } from '@nestjs/common';
 import type { Cluster, Redis } from 'ioredis';
 import { BeginResult, IdempotencyStore, parseRecord } from './idempotency-store';
@@ -99,7 +100,7 @@ export class RedisIdempotencyStore implements IdempotencyStore {
   /** The (shared) subscriber connection; at most a second's wait, then callers rely on polling. */
   private ensureSubscribed(): Promise<void> {
     if (!this.subscribed) {
-      const subscriber = this.redis.duplicate();
+      const subscriber = subscriberFor(this.redis);
       this.subscriber = subscriber;
       subscriber.on('error', (error: Error) =>
         this.logger.debug(`completion subscriber: ${error.message}`),

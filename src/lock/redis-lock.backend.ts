@@ -1,3 +1,4 @@
+import { subscriberFor } from '../redis/subscriber';
 import { Logger } from '@nestjs/common';
 import calculateSlot from 'cluster-key-slot';
 import Redis, { Cluster } from 'ioredis';
@@ -176,7 +177,7 @@ export class RedisLockBackend implements LockBackend {
    */
   private ensureSubscribed(): void {
     if (this.subscriber) return;
-    const subscriber = this.redis.duplicate();
+    const subscriber = subscriberFor(this.redis);
     this.subscriber = subscriber;
     subscriber.on('error', (error: Error) => {
       this.logger.debug(`release subscriber: ${error.message}`);

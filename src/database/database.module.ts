@@ -21,6 +21,9 @@ async function createPool(config: AppConfigService): Promise<Pool> {
     connectionTimeoutMillis: config.get('DATABASE_CONNECT_TIMEOUT_MS', { infer: true }),
     idleTimeoutMillis: 30_000,
     application_name: 'vector-service',
+    // The search breadth for every connection, so a search needs no transaction around a
+    // SET LOCAL (one round trip instead of three) unless it asks for more than this.
+    options: `-c hnsw.ef_search=${config.get('SEARCH_EF_SEARCH', { infer: true })}`,
     // Awaited for every new connection before it is handed out (unlike pool.on('connect')).
     // eslint-disable-next-line @typescript-eslint/no-misused-promises -- pg-pool awaits it; @types/pg says void
     onConnect: (client) => pgvector.registerTypes(client),

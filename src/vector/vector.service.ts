@@ -17,6 +17,9 @@ import { VectorSettings } from './vector-settings';
 import { VectorTables } from './vector-tables';
 import { ItemRow, SlotRow } from './vector.types';
 
+const SEARCH_SLOT_CACHE_MS = 1_000;
+const UNDEFINED_TABLE = '42P01';
+
 export const upsertLockKey = (table: string, namespace: string) =>
   `lock:vector:upsert:${table}:${namespace}`;
 
@@ -46,6 +49,7 @@ interface PreparedBatch {
 @Injectable()
 export class VectorService {
   private readonly fencing = new PostgresFencing();
+  private readonly searchSlots = new Map<string, { slot: SlotRow; until: number }>();
 
   constructor(
     @Inject(PG_POOL) private readonly pool: Pool,
@@ -114,8 +118,7 @@ export class VectorService {
     if ((dto.query === undefined) === (dto.vector === undefined)) {
       throw invalidRequest([{ field: 'query', message: 'send exactly one of query or vector' }]);
     }
-    const slot = await this.activeSlot(dto.namespace);
-    if (!slot) throw unknownNamespace(dto.namespace);
+    const slot = await this.searchSlot(dto.namespace);
     let vector: number[];
     if (dto.vector) {
       const problems = vectorProblems(dto.vector, slot.dimension, 'vector');
@@ -127,14 +130,25 @@ export class VectorService {
       }
       [vector] = await this.embedder.embed([dto.query!]);
     }
-    const hits = await this.items.search(
-      dto.table_name,
-      slot.id,
-      slot.dimension,
-      vector,
-      dto.k,
-      Math.max(dto.k, this.settings.efSearch),
-    );
+    const search = (target: SlotRow) =>
+      this.items.search(
+        dto.table_name,
+        target.id,
+        target.dimension,
+        vector,
+        dto.k,
+        Math.max(dto.k, this.settings.efSearch),
+        this.settings.efSearch,
+      );
+    let hits;
+    try {
+      hits = await search(slot);
+    } catch (error) {
+      // The cached slot was switched away from and dropped meanwhile: look it up afresh.
+      if ((error as { code?: string }).code !== UNDEFINED_TABLE) throw error;
+      this.searchSlots.delete(dto.namespace);
+      hits = await search(await this.searchSlot(dto.namespace));
+    }
     return {
       success: true as const,
       namespace: dto.namespace,
@@ -147,6 +161,19 @@ export class VectorService {
         metadata: hit.metadata,
       })),
     };
+  }
+
+  /**
+   * The active slot for searches, cached for a second per namespace: a search right after a
+   * switch may still read the previous slot (which stays until cleanup), never a wrong one.
+   */
+  private async searchSlot(namespace: string): Promise<SlotRow> {
+    const cached = this.searchSlots.get(namespace);
+    if (cached && cached.until > performance.now()) return cached.slot;
+    const slot = await this.activeSlot(namespace);
+    if (!slot) throw unknownNamespace(namespace);
+    this.searchSlots.set(namespace, { slot, until: performance.now() + SEARCH_SLOT_CACHE_MS });
+    return slot;
   }
 
   async statistics(query: StatisticsQueryDto) {

@@ -11,7 +11,9 @@ describe('Vector slots: rebuild, fencing, cleanup, rollback', () => {
   let pool: Pool;
 
   beforeAll(async () => {
-    app = await startTestApp({ LOG_LEVEL: 'error' });
+    // ef_search 40 (pgvector's default): with 100 the planner prefers an exact scan for a
+    // partition as small as this test's; large slots use the index either way.
+    app = await startTestApp({ LOG_LEVEL: 'error', SEARCH_EF_SEARCH: '40' });
     pool = app.app.get<Pool>(PG_POOL);
   });
 
@@ -132,6 +134,16 @@ describe('Vector slots: rebuild, fencing, cleanup, rollback', () => {
     expect(search.body.results).toHaveLength(5);
     expect(search.body.results[0]).toMatchObject({ obj_ref: 'seed-42', id: null });
     expect(search.body.results[0].score).toBeGreaterThan(0.99);
+    // k above SEARCH_EF_SEARCH raises ef_search for that query: k results come back.
+    const wide = await app.http
+      .post('/api/v1/vector/search')
+      .send({ table_name: 'questions', namespace, query: 'seed item', k: 300 })
+      .expect(200);
+    expect(wide.body.results).toHaveLength(300);
+    const { rows: setting } = await pool.query<{ ef: string }>(
+      "SELECT current_setting('hnsw.ef_search') AS ef",
+    );
+    expect(setting[0].ef).toBe('40');
   });
 
   it('rejects and rolls back a write whose lock was force-released and re-taken meanwhile', async () => {

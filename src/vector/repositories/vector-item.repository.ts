@@ -5,6 +5,7 @@ import { Pool, PoolClient } from 'pg';
 import { from as copyFrom } from 'pg-copy-streams';
 import pgvector from 'pgvector/pg';
 import { PG_POOL } from '../../database/database.constants';
+import { withTransaction } from '../../database/transaction';
 import { VectorTables } from '../vector-tables';
 import { ItemRow } from '../vector.types';
 import { COPY_COLUMNS, copyHeader, copyTrailer, encodeItem } from './binary-copy';
@@ -170,8 +171,9 @@ export class VectorItemRepository {
 
   /**
    * k nearest items by cosine distance, through the slot's HNSW index: the ORDER BY uses the
-   * index expression exactly. `ef_search` is set for this transaction only (SET LOCAL), sent
-   * with BEGIN in one message to save a round trip.
+   * index expression exactly. Connections start with hnsw.ef_search = SEARCH_EF_SEARCH
+   * (DatabaseModule), so a search within it is one round trip; a larger k raises ef_search for
+   * its own transaction only (SET LOCAL, sent with BEGIN in one message).
    */
   async search(
     table: string,
@@ -180,22 +182,15 @@ export class VectorItemRepository {
     vector: number[],
     k: number,
     efSearch: number,
+    sessionEfSearch: number,
   ): Promise<SearchHit[]> {
-    const client = await this.pool.connect();
-    try {
-      await client.query(`BEGIN; SET LOCAL hnsw.ef_search = ${Math.trunc(efSearch)}`);
-      const { rows } = await client.query<SearchHit>(this.searchSql(table, slotId, dimension), [
-        pgvector.toSql(vector),
-        k,
-      ]);
-      await client.query('COMMIT');
-      return rows;
-    } catch (error) {
-      await client.query('ROLLBACK').catch(() => undefined);
-      throw error;
-    } finally {
-      client.release();
-    }
+    const sql = this.searchSql(table, slotId, dimension);
+    const params = [pgvector.toSql(vector), k];
+    if (efSearch <= sessionEfSearch) return (await this.pool.query<SearchHit>(sql, params)).rows;
+    return withTransaction(this.pool, async (client) => {
+      await client.query(`SET LOCAL hnsw.ef_search = ${Math.trunc(efSearch)}`);
+      return (await client.query<SearchHit>(sql, params)).rows;
+    });
   }
 
   searchSql(table: string, slotId: number, dimension: number): string {

@@ -4,11 +4,12 @@
  * Uses its own database (vector_bench, cloned from vector_template) and clustered vectors.
  *   npm run bench:vector      (BENCH_ROWS=100000 by default)
  */
-import { AddressInfo } from 'node:net';
-import { NestFastifyApplication } from '@nestjs/platform-fastify';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Client, Pool } from 'pg';
 import pgvector from 'pgvector/pg';
-import { createApp } from '../src/app.factory';
 import { runMigrations } from '../src/database/migrator';
 import { median, table, verdict } from './support/stats';
 
@@ -55,18 +56,8 @@ async function main() {
   const databaseUrl = url.toString();
   await runMigrations(databaseUrl, { info: () => undefined });
 
-  Object.assign(process.env, {
-    NODE_ENV: 'test',
-    DATABASE_URL: databaseUrl,
-    REDIS_URL,
-    LOG_LEVEL: 'warn',
-    RATE_LIMIT_WRITE_PER_MINUTE: '1000000',
-    HOST: '127.0.0.1',
-    PORT: '0',
-  });
-  const app: NestFastifyApplication = await createApp();
-  await app.listen({ port: 0, host: '127.0.0.1' });
-  const base = `http://127.0.0.1:${(app.getHttpServer().address() as AddressInfo).port}/api/v1/vector`;
+  const service = await startService(databaseUrl);
+  const base = service.base;
   const pool = new Pool({ connectionString: databaseUrl, max: 8 });
   const report: (string | number)[][] = [];
 
@@ -147,10 +138,9 @@ async function main() {
       ],
     );
   }
-  await app.close();
-  const app2: NestFastifyApplication = await createApp(); // start-up index pass rebuilds the index
-  await app2.listen({ port: 0, host: '127.0.0.1' });
-  const base2 = `http://127.0.0.1:${(app2.getHttpServer().address() as AddressInfo).port}/api/v1/vector`;
+  await service.stop();
+  const service2 = await startService(databaseUrl); // its start-up index pass rebuilds the index
+  const base2 = service2.base;
   await waitForIndex(pool, `${partition}_hnsw`);
   started = performance.now();
   const rebuild = await http(base2, '/rebuild-index', { namespace: NAMESPACE, force: true });
@@ -278,8 +268,45 @@ async function main() {
     `\nraw re-insert measured on ${reinserted} rows in 20 s at most, extrapolated to ${ROWS}`,
   );
 
-  await app2.close();
+  await service2.stop();
   await pool.end();
+}
+
+/**
+ * The service as production runs it (dist/main.js, `npm run build` first) in its own process,
+ * so the client load of this bench does not share its event loop.
+ */
+async function startService(databaseUrl: string) {
+  const port = 20_000 + Math.floor(Math.random() * 20_000);
+  const child = spawn(process.execPath, [join(__dirname, '../dist/main.js')], {
+    cwd: tmpdir(),
+    env: {
+      PATH: process.env.PATH,
+      NODE_ENV: 'test',
+      DATABASE_URL: databaseUrl,
+      REDIS_URL,
+      LOG_LEVEL: 'error',
+      RATE_LIMIT_WRITE_PER_MINUTE: '1000000',
+      HOST: '127.0.0.1',
+      PORT: String(port),
+    },
+    stdio: 'ignore',
+  });
+  const base = `http://127.0.0.1:${port}/api/v1/vector`;
+  for (;;) {
+    const live = await fetch(`${base}/health/live`).catch(() => undefined);
+    if (live?.ok) break;
+    if (child.exitCode !== null) throw new Error('the service did not start (run `npm run build`)');
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+  return {
+    base,
+    stop: async () => {
+      const exited = once(child, 'exit');
+      child.kill('SIGTERM');
+      await exited;
+    },
+  };
 }
 
 async function waitForIndex(pool: Pool, index: string): Promise<void> {

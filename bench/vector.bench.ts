@@ -110,7 +110,11 @@ async function main() {
   ]);
 
   // --- 2. rebuild of ROWS × 384 ----------------------------------------------------------
-  const vectors = clustered(ROWS, 42);
+  // Data and queries from one draw: same clusters (queries from other clusters would have no
+  // meaningful nearest neighbours).
+  const drawn = clustered(ROWS + 200, 42);
+  const vectors = drawn.slice(0, ROWS);
+  const queries = drawn.slice(ROWS);
   await http(base, '/batch-upsert', {
     items: [{ obj_ref: 'seed', content: 'seed', embedding: vectors[0] }],
     table_name: 'questions',
@@ -180,7 +184,6 @@ async function main() {
     ).rows[0].id,
   );
   const active = `vec_questions_s${activeId}`;
-  const queries = clustered(200, 99);
   const concurrency = 8;
   const qps = async (one: (q: number[]) => Promise<string[]>) => {
     let i = 0;

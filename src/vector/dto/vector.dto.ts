@@ -6,7 +6,6 @@ import {
   IsBoolean,
   IsInt,
   IsNotEmpty,
-  IsNumber,
   IsObject,
   IsOptional,
   IsString,
@@ -17,6 +16,7 @@ import {
   Min,
   ValidateNested,
 } from 'class-validator';
+import { IsVector } from '../../common/vector-validation';
 
 const NAMESPACE = /^[a-z0-9][a-z0-9_-]{0,63}$/;
 const NAMESPACE_MESSAGE =
@@ -48,10 +48,7 @@ export class UpsertItemDto {
   metadata?: Record<string, unknown>;
 
   @IsOptional()
-  @IsArray()
-  @ArrayMinSize(1)
-  @ArrayMaxSize(MAX_DIMENSION)
-  @IsNumber({ allowNaN: false, allowInfinity: false }, { each: true })
+  @IsVector(MAX_DIMENSION)
   embedding?: number[];
 }
 
@@ -110,10 +107,7 @@ export class SearchDto {
   query?: string;
 
   @IsOptional()
-  @IsArray()
-  @ArrayMinSize(1)
-  @ArrayMaxSize(MAX_DIMENSION)
-  @IsNumber({ allowNaN: false, allowInfinity: false }, { each: true })
+  @IsVector(MAX_DIMENSION)
   vector?: number[];
 
   @IsOptional()

@@ -1,7 +1,7 @@
 /**
  * Lock benchmark: this service's LockService side by side with a raw ioredis baseline and peer
  * libraries, in one run, on the local Redis (db 14).
- *   npm run bench:lock            (BENCH_SECONDS=3 by default per measurement)
+ *   npm run bench:lock   (BENCH_SECONDS=3 per measurement, BENCH_ROUNDS=5, BENCH_CONTENDED_ROUNDS=3)
  */
 import { randomBytes } from 'node:crypto';
 import { Redlock as SesameRedlock } from '@sesamecare-oss/redlock';
@@ -16,6 +16,13 @@ import { median, percentile, sleep, table, verdict } from './support/stats';
 const REDIS_URL = process.env.BENCH_REDIS_URL ?? 'redis://127.0.0.1:6379/14';
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
 const TTL = 10_000;
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
+const CONTENDED_ROUNDS = Number(process.env.BENCH_CONTENDED_ROUNDS ?? 3);
+
+const rotate = <T>(items: T[], by: number) => [
+  ...items.slice(by % items.length),
+  ...items.slice(0, by % items.length),
+];
 
 /** One implementation: take a key (waiting if needed), give back a release function. */
 interface Contender {
@@ -32,10 +39,14 @@ function raw(): Contender {
   const release = (
     redis as unknown as { benchRelease(k: string, t: string): Promise<number> }
   ).benchRelease.bind(redis);
+  // Unique tokens as cheap as LockService's (random prefix + counter): the baseline must not
+  // pay for a random draw per acquisition that the measured library does not.
+  const tokenPrefix = `${randomBytes(12).toString('base64url')}.`;
+  let sequence = 0;
   return {
     name: 'raw ioredis (SET NX PX + Lua del)',
     acquire: async (key) => {
-      const token = randomBytes(16).toString('base64url');
+      const token = tokenPrefix + (sequence++).toString(36);
       while ((await redis.set(key, token, 'PX', TTL, 'NX')) !== 'OK') await sleep(2);
       return () => release(key, token);
     },
@@ -138,6 +149,7 @@ async function uncontended(make: () => Contender) {
   const run = randomBytes(3).toString('hex');
   const latencies: number[] = [];
   let cycles = 0;
+  const cpuBefore = process.cpuUsage();
   const deadline = performance.now() + SECONDS * 1000;
   await Promise.all(
     Array.from({ length: 16 }, async (_, worker) => {
@@ -151,9 +163,12 @@ async function uncontended(make: () => Contender) {
       }
     }),
   );
+  const cpu = process.cpuUsage(cpuBefore);
   await contender.close();
   return {
     perSecond: cycles / SECONDS,
+    // What the library itself costs: the client process's CPU per cycle (user + system).
+    cpuMicros: (cpu.user + cpu.system) / cycles,
     p50: percentile(latencies, 50),
     p99: percentile(latencies, 99),
   };
@@ -205,40 +220,72 @@ async function main() {
 
   const names = Object.keys(FACTORIES);
   const runs: Record<string, Awaited<ReturnType<typeof uncontended>>[]> = {};
-  for (let round = 0; round < 3; round++) {
-    for (const name of names) (runs[name] ??= []).push(await uncontended(FACTORIES[name]));
+  // The order rotates each round, so no implementation always runs first (cold) or last.
+  for (let round = 0; round < ROUNDS; round++) {
+    for (const name of rotate(names, round)) {
+      (runs[name] ??= []).push(await uncontended(FACTORIES[name]));
+    }
   }
   const uncontendedRate = (name: string) => median(runs[name].map((run) => run.perSecond));
+  // Ratios are paired by round (both measured minutes apart at most), then the median taken:
+  // this machine's speed drifts by 2× between rounds, which a ratio of medians would absorb.
+  const ratio = (name: string, baseline: string) =>
+    median(runs[name].map((run, round) => run.perSecond / runs[baseline][round].perSecond));
   const rows = names.map((name) => {
     return [
       LABELS[name],
       uncontendedRate(name),
       median(runs[name].map((run) => run.p50)),
       median(runs[name].map((run) => run.p99)),
-      uncontendedRate(name) / uncontendedRate('raw'),
+      median(runs[name].map((run) => run.cpuMicros)),
+      ratio(name, 'raw'),
     ];
   });
-  console.log('## Uncontended: 16 workers on distinct keys (median of 3 runs)\n');
-  console.log(table(['implementation', 'cycles/s', 'p50 ms', 'p99 ms', '× raw'], rows));
+  console.log(`## Uncontended: 16 workers on distinct keys (median of ${ROUNDS} runs)\n`);
+  console.log(
+    table(
+      ['implementation', 'cycles/s', 'p50 ms', 'p99 ms', 'Node CPU µs/cycle', '× raw (paired)'],
+      rows,
+    ),
+  );
 
-  console.log('\n## Contended: 64 waiters on one key, 1 ms hold, re-ask 2 ms after release\n');
-  const contendedRows: (string | number)[][] = [];
-  const contendedResults: Record<string, Awaited<ReturnType<typeof contended>>> = {};
-  for (const [name, make] of [
-    ...Object.entries(FACTORIES),
-    ['ours-fair', () => ours(true)] as const,
-  ]) {
-    const result = await contended(make);
-    contendedResults[name] = result;
-    contendedRows.push([
+  console.log(
+    `\n## Contended: 64 waiters on one key, 1 ms hold, re-ask 2 ms after release (median of ${CONTENDED_ROUNDS} runs; starved: worst run)\n`,
+  );
+  const contenders: Record<string, () => Contender> = {
+    ...FACTORIES,
+    'ours-fair': () => ours(true),
+  };
+  const contendedRuns: Record<string, Awaited<ReturnType<typeof contended>>[]> = {};
+  for (let round = 0; round < CONTENDED_ROUNDS; round++) {
+    for (const name of rotate(Object.keys(contenders), round)) {
+      (contendedRuns[name] ??= []).push(await contended(contenders[name]));
+    }
+  }
+  // Medians per column; starved waiters: the worst run, since one starving run is a failure.
+  const contendedResults = Object.fromEntries(
+    Object.entries(contendedRuns).map(([name, results]) => [
+      name,
+      {
+        acquisitions: median(results.map((r) => r.acquisitions)),
+        handoffP50: median(results.map((r) => r.handoffP50)),
+        handoffP99: median(results.map((r) => r.handoffP99)),
+        waitP99: median(results.map((r) => r.waitP99)),
+        starved: Math.max(...results.map((r) => r.starved)),
+      },
+    ]),
+  );
+  const contendedRows = Object.keys(contenders).map((name) => {
+    const result = contendedResults[name];
+    return [
       LABELS[name],
       result.acquisitions,
       result.handoffP50,
       result.handoffP99,
       result.waitP99,
       result.starved,
-    ]);
-  }
+    ];
+  });
   console.log(
     table(
       [
@@ -253,7 +300,6 @@ async function main() {
     ),
   );
 
-  const ours50 = uncontendedRate('ours');
   console.log('\n## Targets\n');
   console.log(
     table(
@@ -261,23 +307,23 @@ async function main() {
       [
         [
           'uncontended ≥ 0.9× raw',
-          `${(ours50 / uncontendedRate('raw')).toFixed(2)}×`,
-          verdict(ours50 >= 0.9 * uncontendedRate('raw')),
+          `${ratio('ours', 'raw').toFixed(2)}×`,
+          verdict(ratio('ours', 'raw') >= 0.9),
         ],
         [
           'uncontended ≥ 1.1× redis-semaphore',
-          `${(ours50 / uncontendedRate('semaphore')).toFixed(2)}×`,
-          verdict(ours50 >= 1.1 * uncontendedRate('semaphore')),
+          `${ratio('ours', 'semaphore').toFixed(2)}×`,
+          verdict(ratio('ours', 'semaphore') >= 1.1),
         ],
         [
           'uncontended ≥ 1.25× @sesamecare-oss/redlock',
-          `${(ours50 / uncontendedRate('sesame')).toFixed(2)}×`,
-          verdict(ours50 >= 1.25 * uncontendedRate('sesame')),
+          `${ratio('ours', 'sesame').toFixed(2)}×`,
+          verdict(ratio('ours', 'sesame') >= 1.25),
         ],
         [
           'uncontended ≥ 1.25× redlock 4',
-          `${(ours50 / uncontendedRate('redlock4')).toFixed(2)}×`,
-          verdict(ours50 >= 1.25 * uncontendedRate('redlock4')),
+          `${ratio('ours', 'redlock4').toFixed(2)}×`,
+          verdict(ratio('ours', 'redlock4') >= 1.25),
         ],
         [
           'hand-off p50 ≤ 2 ms',

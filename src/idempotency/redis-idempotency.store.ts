@@ -1,3 +1,4 @@
+import { LuaScript } from '../redis/lua-script';
 import { subscriberFor } from '../redis/subscriber';
 import { Logger } from '@nestjs/common';
 import type { Cluster, Redis } from 'ioredis';
@@ -6,16 +7,12 @@ import { IdempotencyBackendError } from './idempotency.errors';
 import { IdempotencyRecord } from './idempotency.types';
 import { ABANDON, BEGIN, COMPLETE, HEARTBEAT } from './redis-idempotency.scripts';
 
-type ScriptCommand = (numberOfKeys: number, ...args: (string | number)[]) => Promise<unknown>;
-
-// defineCommand: EVALSHA with a fallback to EVAL on NOSCRIPT, loaded once per client.
 const SCRIPTS = {
-  idemBegin: BEGIN,
-  idemHeartbeat: HEARTBEAT,
-  idemComplete: COMPLETE,
-  idemAbandon: ABANDON,
-} as const;
-type ScriptName = keyof typeof SCRIPTS;
+  begin: new LuaScript(BEGIN),
+  heartbeat: new LuaScript(HEARTBEAT),
+  complete: new LuaScript(COMPLETE),
+  abandon: new LuaScript(ABANDON),
+};
 
 /** Idempotency records in Redis (standalone, Sentinel or Cluster); completions are published. */
 export class RedisIdempotencyStore implements IdempotencyStore {
@@ -28,11 +25,7 @@ export class RedisIdempotencyStore implements IdempotencyStore {
   constructor(
     private readonly redis: Redis | Cluster,
     private readonly channel: string,
-  ) {
-    for (const [name, lua] of Object.entries(SCRIPTS)) {
-      if (!(name in redis)) redis.defineCommand(name, { lua });
-    }
-  }
+  ) {}
 
   async begin(
     key: string,
@@ -40,7 +33,7 @@ export class RedisIdempotencyStore implements IdempotencyStore {
     leaseMs: number,
     force: boolean,
   ): Promise<BeginResult> {
-    const reply = (await this.run('idemBegin', key, [
+    const reply = (await this.run(SCRIPTS.begin, key, [
       JSON.stringify(record),
       Math.ceil(leaseMs),
       force ? '1' : '0',
@@ -52,7 +45,7 @@ export class RedisIdempotencyStore implements IdempotencyStore {
   }
 
   async heartbeat(key: string, owner: string, leaseMs: number): Promise<boolean> {
-    return (await this.run('idemHeartbeat', key, [owner, Math.ceil(leaseMs)])) === 1;
+    return (await this.run(SCRIPTS.heartbeat, key, [owner, Math.ceil(leaseMs)])) === 1;
   }
 
   async complete(
@@ -62,7 +55,7 @@ export class RedisIdempotencyStore implements IdempotencyStore {
     ttlMs: number,
   ): Promise<boolean> {
     return (
-      (await this.run('idemComplete', key, [
+      (await this.run(SCRIPTS.complete, key, [
         owner,
         JSON.stringify(record),
         Math.ceil(ttlMs),
@@ -72,7 +65,7 @@ export class RedisIdempotencyStore implements IdempotencyStore {
   }
 
   async abandon(key: string, owner: string): Promise<boolean> {
-    return (await this.run('idemAbandon', key, [owner, this.channel])) === 1;
+    return (await this.run(SCRIPTS.abandon, key, [owner, this.channel])) === 1;
   }
 
   async get(key: string): Promise<IdempotencyRecord | null> {
@@ -120,10 +113,9 @@ export class RedisIdempotencyStore implements IdempotencyStore {
     return Promise.race([this.subscribed, new Promise<void>((r) => setTimeout(r, 1_000).unref())]);
   }
 
-  private async run(script: ScriptName, key: string, args: (string | number)[]): Promise<unknown> {
-    const command = (this.redis as unknown as Record<ScriptName, ScriptCommand>)[script];
+  private async run(script: LuaScript, key: string, args: (string | number)[]): Promise<unknown> {
     try {
-      return await command.call(this.redis, 1, key, ...args);
+      return await script.run(this.redis, [key], args);
     } catch (error) {
       throw new IdempotencyBackendError(key, error);
     }

@@ -13,9 +13,13 @@ export interface HeldLockHooks {
  * A held lease on one or more keys. Tracks its deadline locally (measured from before the
  * acquire request was sent, so it is never later than the server's), renews it every ttl/3 when
  * asked to, and aborts `signal` a margin before the deadline if no renewal has succeeded.
+ *
+ * A handle nobody watches needs no timer: expiry is checked whenever the handle is used
+ * (`held`, `extend`, `release`) and by the owner's periodic sweep. The expiry timer is armed
+ * only for renewed leases and once someone asks for `signal`, since only then can an abort
+ * at the exact moment be observed.
  */
 export class HeldLock implements LockHandle, MultiLockHandle {
-  readonly fences: Readonly<Record<string, number>>;
   readonly acquiredAt = performance.now();
   // Created on first use: most holders never look at their signal.
   private controller?: AbortController;
@@ -24,6 +28,7 @@ export class HeldLock implements LockHandle, MultiLockHandle {
   private deadline: number;
   private renewTimer?: NodeJS.Timeout;
   private expiryTimer?: NodeJS.Timeout;
+  private fenceMap?: Readonly<Record<string, number>>;
 
   constructor(
     private readonly backend: LockBackend,
@@ -31,15 +36,18 @@ export class HeldLock implements LockHandle, MultiLockHandle {
     private readonly logger: Logger,
     readonly keys: readonly string[],
     readonly token: string,
-    fences: number[],
+    private readonly fenceValues: readonly number[],
     private ttlMs: number,
     leaseStartedAt: number,
     renew: boolean,
+    /** The operation that took the lock, for metrics. */
+    readonly operation: string,
   ) {
-    this.fences = Object.fromEntries(keys.map((key, i) => [key, fences[i]]));
     this.deadline = leaseStartedAt + ttlMs;
-    this.armExpiryGuard();
-    if (renew) this.scheduleRenewal(ttlMs / 3);
+    if (renew) {
+      this.armExpiryGuard();
+      this.scheduleRenewal(ttlMs / 3);
+    }
   }
 
   get key(): string {
@@ -47,43 +55,62 @@ export class HeldLock implements LockHandle, MultiLockHandle {
   }
 
   get fence(): number {
-    return this.fences[this.keys[0]];
+    return this.fenceValues[0];
+  }
+
+  get fences(): Readonly<Record<string, number>> {
+    this.fenceMap ??= Object.fromEntries(this.keys.map((key, i) => [key, this.fenceValues[i]]));
+    return this.fenceMap;
   }
 
   get signal(): AbortSignal {
     if (!this.controller) {
       this.controller = new AbortController();
-      if (this.lostReason) this.controller.abort(this.lostReason);
+      if (this.checkExpiry()) {
+        if (!this.expiryTimer) this.armExpiryGuard();
+      } else if (this.lostReason) {
+        this.controller.abort(this.lostReason);
+      }
     }
     return this.controller.signal;
   }
 
   get held(): boolean {
-    return this.state === 'held';
+    return this.checkExpiry();
   }
 
   async extend(ttlMs = this.ttlMs): Promise<void> {
-    if (this.state !== 'held') throw new LockLostError(this.key, `already ${this.state}`);
+    if (!this.checkExpiry()) throw new LockLostError(this.key, `already ${this.state}`);
     const sentAt = performance.now();
     const extended = await this.backend.extend(this.keys as string[], this.token, ttlMs);
-    if (!this.held) throw new LockLostError(this.key, 'released or lost while extending');
+    if (this.state !== 'held')
+      throw new LockLostError(this.key, 'released or lost while extending');
     if (!extended) {
       this.lose('the lease had expired or was taken over');
       throw new LockLostError(this.key, 'the lease had expired or was taken over');
     }
     this.ttlMs = ttlMs;
     this.deadline = sentAt + ttlMs;
-    this.armExpiryGuard();
+    if (this.expiryTimer) this.armExpiryGuard();
   }
 
   async release(): Promise<boolean> {
     if (this.state === 'released') return false;
-    const wasHeld = this.state === 'held';
+    // Held past its lease: counted as lost, but the compare-and-delete below still runs.
+    const wasHeld = this.checkExpiry();
     this.state = 'released';
-    this.stopTimers();
+    if (this.renewTimer || this.expiryTimer) this.stopTimers();
     if (wasHeld) this.hooks.settled(this, false);
     // Compare-and-delete: a no-op if the lease already passed to someone else.
     return (await this.backend.release(this.keys as string[], this.token)) > 0;
+  }
+
+  /** True while held; marks the lease lost once its local deadline (less a margin) has passed. */
+  checkExpiry(): boolean {
+    if (this.state !== 'held') return false;
+    if (performance.now() < this.deadline - this.margin()) return true;
+    this.lose('the lease could not be renewed before it expired');
+    return false;
   }
 
   private scheduleRenewal(delayMs: number): void {
@@ -117,11 +144,12 @@ export class HeldLock implements LockHandle, MultiLockHandle {
 
   private armExpiryGuard(): void {
     clearTimeout(this.expiryTimer);
-    const delay = Math.max(0, this.deadline - this.margin() - performance.now());
-    this.expiryTimer = setTimeout(
-      () => this.lose('the lease could not be renewed before it expired'),
-      delay,
-    );
+    // Whole milliseconds: Node keeps one timer list per distinct duration. A timer that fires
+    // a little early re-arms itself.
+    const delay = Math.max(0, Math.ceil(this.deadline - this.margin() - performance.now()));
+    this.expiryTimer = setTimeout(() => {
+      if (this.checkExpiry()) this.armExpiryGuard();
+    }, delay);
     this.expiryTimer.unref();
   }
 

@@ -30,11 +30,19 @@ const DEFAULTS = {
   fairStaleMs: 2_000,
 };
 
-interface AcquireRequest extends WithLockOptions {
-  keys: string[];
-  /** Throw LockNotAcquiredError after the wait (true) or return null (false). */
-  mustAcquire: boolean;
+const EXPIRY_SWEEP_MS = 1_000;
+
+/** How a public method acquires: shared constants, so the hot path allocates nothing for it. */
+interface AcquireMode {
+  /** Wait up to waitTimeoutMs, then throw LockNotAcquiredError; else try once, null if taken. */
+  waits: boolean;
+  /** Renew the lease unless the caller says otherwise. */
+  renewByDefault: boolean;
 }
+
+const WAIT: AcquireMode = { waits: true, renewByDefault: false };
+const TRY_ONCE: AcquireMode = { waits: false, renewByDefault: false };
+const WAIT_AND_RENEW: AcquireMode = { waits: true, renewByDefault: true };
 
 /**
  * Distributed locks with fencing tokens. Acquisition retries with jittered exponential backoff
@@ -53,6 +61,9 @@ export class LockService implements OnModuleDestroy {
   private readonly hooks: HeldLockHooks;
   private readonly tokenPrefix = `${randomBytes(12).toString('base64url')}.`;
   private sequence = 0;
+  private readonly untrack: () => void;
+  // Handles nobody watches have no timer of their own; this notices the ones left to expire.
+  private readonly expirySweep: NodeJS.Timeout;
 
   constructor(
     @Inject(LOCK_BACKEND) private readonly backend: LockBackend,
@@ -65,16 +76,20 @@ export class LockService implements OnModuleDestroy {
     this.hooks = {
       settled: (lock, lost) => {
         this.held.delete(lock);
-        this.metrics.released(lock);
-        const metrics = this.metrics.of(operationOf(lock));
-        if (lost) metrics.lost.inc();
+        const metrics = this.metrics.of(lock.operation);
+        if (lost) metrics.lost++;
         metrics.holdSeconds.observe((performance.now() - lock.acquiredAt) / 1000);
       },
       renewalFailed: (lock, error) => {
-        this.metrics.of(operationOf(lock)).errors.inc();
+        this.metrics.of(lock.operation).errors++;
         this.logger.warn(`renewal of ${lock.keys.join(', ')} failed: ${String(error)}`);
       },
     };
+    this.untrack = metrics.track(this.held);
+    this.expirySweep = setInterval(() => {
+      for (const lock of this.held) lock.checkExpiry();
+    }, EXPIRY_SWEEP_MS);
+    this.expirySweep.unref();
   }
 
   get prefix(): string {
@@ -87,7 +102,7 @@ export class LockService implements OnModuleDestroy {
 
   /** Waits up to `waitTimeoutMs` for the lock; throws LockNotAcquiredError after that. */
   acquire(key: string, options: AcquireOptions & { renew?: boolean } = {}): Promise<LockHandle> {
-    return this.acquireKeys({ ...options, keys: [key], mustAcquire: true }) as Promise<LockHandle>;
+    return this.acquireKeys([key], options, WAIT) as Promise<LockHandle>;
   }
 
   /** One attempt, no waiting: the handle, or null when the lock is taken. */
@@ -95,7 +110,7 @@ export class LockService implements OnModuleDestroy {
     key: string,
     options: Omit<AcquireOptions, 'waitTimeoutMs'> & { renew?: boolean } = {},
   ): Promise<LockHandle | null> {
-    return this.acquireKeys({ ...options, keys: [key], waitTimeoutMs: 0, mustAcquire: false });
+    return this.acquireKeys([key], options, TRY_ONCE);
   }
 
   /**
@@ -108,7 +123,7 @@ export class LockService implements OnModuleDestroy {
   ): Promise<MultiLockHandle> {
     const sorted = [...new Set(keys)].sort();
     if (sorted.length === 0) throw new RangeError('acquireMany needs at least one key');
-    return (await this.acquireKeys({ ...options, fair: false, keys: sorted, mustAcquire: true }))!;
+    return (await this.acquireKeys(sorted, { ...options, fair: false }, WAIT))!;
   }
 
   /**
@@ -120,12 +135,7 @@ export class LockService implements OnModuleDestroy {
     fn: (handle: LockHandle) => Promise<T> | T,
     options: WithLockOptions = {},
   ): Promise<T> {
-    const handle = (await this.acquireKeys({
-      renew: true,
-      ...options,
-      keys: [key],
-      mustAcquire: true,
-    }))!;
+    const handle = (await this.acquireKeys([key], options, WAIT_AND_RENEW))!;
     try {
       const stack = this.context.getStore() ?? [];
       return await this.context.run([...stack, handle], () => fn(handle));
@@ -175,17 +185,22 @@ export class LockService implements OnModuleDestroy {
   }
 
   async onModuleDestroy(): Promise<void> {
+    clearInterval(this.expirySweep);
+    this.untrack();
     this.unsubscribe?.();
     // Leases still held by this instance are handed back rather than left to expire.
     await Promise.allSettled([...this.held].map((lock) => lock.release()));
     await this.backend.close();
   }
 
-  private async acquireKeys(request: AcquireRequest): Promise<HeldLock | null> {
-    const { keys } = request;
+  private async acquireKeys(
+    keys: string[],
+    request: WithLockOptions,
+    mode: AcquireMode,
+  ): Promise<HeldLock | null> {
     for (const key of keys) assertLockKey(key, this.settings.prefix);
     const ttlMs = request.ttlMs ?? this.settings.defaultTtlMs;
-    const waitMs = request.waitTimeoutMs ?? this.settings.defaultWaitTimeoutMs;
+    const waitMs = mode.waits ? (request.waitTimeoutMs ?? this.settings.defaultWaitTimeoutMs) : 0;
     if (!(ttlMs > 0) || !(waitMs >= 0))
       throw new RangeError('ttlMs must be > 0, waitTimeoutMs >= 0');
     const operation = request.operation ?? 'unnamed';
@@ -201,7 +216,7 @@ export class LockService implements OnModuleDestroy {
     const fair = request.fair === true && keys.length === 1;
     const started = performance.now();
     const deadline = started + waitMs;
-    metrics.attempts.inc();
+    metrics.attempts++;
     // Registered (counted in Redis, woken locally) from the first conflict on, so an
     // uncontended acquire costs one round trip and its release publishes nothing.
     let waiting = false;
@@ -210,7 +225,16 @@ export class LockService implements OnModuleDestroy {
       for (let attempt = 0; ; attempt++) {
         const leaseStartedAt = performance.now();
         const waitMode: WaitMode = fair || waitMs === 0 ? 'none' : waiting ? 'stay' : 'join';
-        const result = await this.attempt(keys, token, ttlMs, holder, fair, waitMode, operation);
+        const result = await (
+          fair
+            ? this.backend.tryAcquireFair(keys[0], token, ttlMs, holder, this.settings.fairStaleMs)
+            : this.backend.tryAcquire(keys, token, ttlMs, holder, waitMode)
+        ).catch((error: unknown) => {
+          metrics.errors++;
+          throw error instanceof LockBackendError
+            ? error
+            : new LockBackendError(keys.join(', '), error);
+        });
         if (result.acquired) {
           waiting = false;
           const lock = new HeldLock(
@@ -222,23 +246,22 @@ export class LockService implements OnModuleDestroy {
             result.fences,
             ttlMs,
             leaseStartedAt,
-            request.renew === true,
+            request.renew ?? mode.renewByDefault,
+            operation,
           );
-          operations.set(lock, operation);
           this.held.add(lock);
-          this.metrics.holding(lock, operation);
-          metrics.acquired.inc();
+          metrics.acquired++;
           metrics.waitSeconds.observe((performance.now() - started) / 1000);
           return lock;
         }
         waiting = waitMode !== 'none';
-        metrics.conflicts.inc();
+        metrics.conflicts++;
         const left = deadline - performance.now();
         if (left <= 0) {
           await this.stopWaiting(keys, token, fair, waiting);
           waiting = false;
-          if (!request.mustAcquire) return null;
-          metrics.timeouts.inc();
+          if (!mode.waits) return null;
+          metrics.timeouts++;
           throw new LockNotAcquiredError(
             keys.join(', '),
             Math.round(performance.now() - started),
@@ -267,33 +290,6 @@ export class LockService implements OnModuleDestroy {
     if (waiting) await this.backend.leaveWait(keys).catch(() => undefined);
   }
 
-  private async attempt(
-    keys: string[],
-    token: string,
-    ttlMs: number,
-    holder: LockHolder,
-    fair: boolean,
-    waitMode: WaitMode,
-    operation: string,
-  ) {
-    try {
-      return fair
-        ? await this.backend.tryAcquireFair(
-            keys[0],
-            token,
-            ttlMs,
-            holder,
-            this.settings.fairStaleMs,
-          )
-        : await this.backend.tryAcquire(keys, token, ttlMs, holder, waitMode);
-    } catch (error) {
-      this.metrics.of(operation).errors.inc();
-      throw error instanceof LockBackendError
-        ? error
-        : new LockBackendError(keys.join(', '), error);
-    }
-  }
-
   /** Full-jitter exponential backoff: uniform in [0.5, 1] × min(max, base × 2^attempt). */
   private backoff(attempt: number): number {
     const ceiling = Math.min(this.settings.maxBackoffMs, this.settings.backoffMs * 2 ** attempt);
@@ -306,6 +302,3 @@ export class LockService implements OnModuleDestroy {
     return this.wakeups.waiter(keys);
   }
 }
-
-const operations = new WeakMap<HeldLock, string>();
-const operationOf = (lock: HeldLock) => operations.get(lock) ?? 'unnamed';

@@ -1,3 +1,4 @@
+import { LuaScript } from '../redis/lua-script';
 import { subscriberFor } from '../redis/subscriber';
 import { Logger } from '@nestjs/common';
 import calculateSlot from 'cluster-key-slot';
@@ -24,21 +25,15 @@ import {
 
 export type RedisConnection = Redis | Cluster;
 
-type ScriptCommand = (numberOfKeys: number, ...args: (string | number)[]) => Promise<unknown>;
-
-// Registered once per client with defineCommand: ioredis sends EVALSHA and falls back to EVAL on
-// NOSCRIPT (a restarted or failed-over server), so scripts are never resent needlessly.
 const SCRIPTS = {
-  lockAcquire: ACQUIRE,
-  lockAcquireFair: ACQUIRE_FAIR,
-  lockLeaveWait: LEAVE_WAIT,
-  lockLeaveQueue: LEAVE_QUEUE,
-  lockExtend: EXTEND,
-  lockRelease: RELEASE,
-  lockForceRelease: FORCE_RELEASE,
-} as const;
-
-type ScriptName = keyof typeof SCRIPTS;
+  acquire: new LuaScript(ACQUIRE),
+  acquireFair: new LuaScript(ACQUIRE_FAIR),
+  leaveWait: new LuaScript(LEAVE_WAIT),
+  leaveQueue: new LuaScript(LEAVE_QUEUE),
+  extend: new LuaScript(EXTEND),
+  release: new LuaScript(RELEASE),
+  forceRelease: new LuaScript(FORCE_RELEASE),
+};
 
 const fenceKey = (key: string) => siblingKey(key, 'fence');
 const waitersKey = (key: string) => siblingKey(key, 'waiters');
@@ -55,11 +50,7 @@ export class RedisLockBackend implements LockBackend {
     private readonly redis: RedisConnection,
     /** Pub/sub channel on which releases are announced to waiters. */
     private readonly releaseChannel: string,
-  ) {
-    for (const [name, lua] of Object.entries(SCRIPTS)) {
-      if (!(name in redis)) redis.defineCommand(name, { lua });
-    }
-  }
+  ) {}
 
   async tryAcquire(
     keys: string[],
@@ -70,7 +61,7 @@ export class RedisLockBackend implements LockBackend {
   ): Promise<AttemptResult> {
     this.assertSameSlot(keys);
     const reply = (await this.run(
-      'lockAcquire',
+      SCRIPTS.acquire,
       keys[0],
       [...keys, ...keys.map(fenceKey), ...keys.map(waitersKey)],
       [encodeLockValue(token, holder), ttlMs, waitMode],
@@ -79,7 +70,7 @@ export class RedisLockBackend implements LockBackend {
   }
 
   async leaveWait(keys: string[]): Promise<void> {
-    await this.run('lockLeaveWait', keys[0], keys.map(waitersKey), []);
+    await this.run(SCRIPTS.leaveWait, keys[0], keys.map(waitersKey), []);
   }
 
   async tryAcquireFair(
@@ -96,7 +87,7 @@ export class RedisLockBackend implements LockBackend {
       siblingKey(key, 'seen'),
       siblingKey(key, 'ticket'),
     ];
-    const reply = (await this.run('lockAcquireFair', key, keys, [
+    const reply = (await this.run(SCRIPTS.acquireFair, key, keys, [
       encodeLockValue(token, holder),
       ttlMs,
       token,
@@ -107,7 +98,7 @@ export class RedisLockBackend implements LockBackend {
 
   async leaveQueue(key: string, token: string): Promise<void> {
     await this.run(
-      'lockLeaveQueue',
+      SCRIPTS.leaveQueue,
       key,
       [siblingKey(key, 'queue'), siblingKey(key, 'seen')],
       [token],
@@ -115,12 +106,12 @@ export class RedisLockBackend implements LockBackend {
   }
 
   async extend(keys: string[], token: string, ttlMs: number): Promise<boolean> {
-    return (await this.run('lockExtend', keys[0], keys, [`${token}:`, ttlMs])) === 1;
+    return (await this.run(SCRIPTS.extend, keys[0], keys, [`${token}:`, ttlMs])) === 1;
   }
 
   async release(keys: string[], token: string): Promise<number> {
     return (await this.run(
-      'lockRelease',
+      SCRIPTS.release,
       keys[0],
       [...keys, ...keys.map(waitersKey), ...keys.map(queueKey)],
       [`${token}:`, this.releaseChannel],
@@ -150,7 +141,7 @@ export class RedisLockBackend implements LockBackend {
 
   async forceRelease(key: string): Promise<ForceReleaseResult> {
     const [value, fence] = (await this.run(
-      'lockForceRelease',
+      SCRIPTS.forceRelease,
       key,
       [key, fenceKey(key)],
       [this.releaseChannel],
@@ -202,14 +193,13 @@ export class RedisLockBackend implements LockBackend {
   }
 
   private async run(
-    script: ScriptName,
+    script: LuaScript,
     key: string,
     keys: string[],
     args: (string | number)[],
   ): Promise<unknown> {
-    const command = (this.redis as unknown as Record<ScriptName, ScriptCommand>)[script];
     try {
-      return await command.call(this.redis, keys.length, ...keys, ...args);
+      return await script.run(this.redis, keys, args);
     } catch (error) {
       throw new LockBackendError(key, error);
     }

@@ -185,17 +185,18 @@ describe.each<BackendKind>(['redis', 'memory'])('LockService contract (%s backen
   it('renews the lease while the work outlasts the TTL; release racing renewal raises nothing', async () => {
     const key = fx.key();
     let handle: LockHandle | undefined;
-    // TTL 90 ms renewed every 30 ms; the work takes ~10 TTLs, ending at random renewal phases.
+    // TTL 150 ms renewed every 50 ms; the work outlasts ~3 TTLs, ending at random renewal phases.
+    // (A shorter TTL is at the mercy of event-loop stalls when the whole suite runs at once.)
     for (let round = 0; round < 5; round++) {
       await fx.locks.withLock(
         key,
         async (h) => {
           handle = h;
-          await delay(300 + Math.random() * 60);
+          await delay(450 + Math.random() * 50);
           expect(h.signal.aborted).toBe(false);
           expect((await fx.locks.status(key)).locked).toBe(true);
         },
-        { ttlMs: 90 },
+        { ttlMs: 150 },
       );
       expect(handle!.signal.aborted).toBe(false);
       expect((await fx.locks.status(key)).locked).toBe(false);

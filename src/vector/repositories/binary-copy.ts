@@ -30,7 +30,7 @@ export function encodeItem(slotId: number, row: ItemRow): Buffer {
     row.metadata === null
       ? null
       : Buffer.concat([Buffer.from([1]), text(JSON.stringify(row.metadata))]),
-    vector(row.embedding),
+    encodeVector(row.embedding),
     text(row.embedding_source),
     row.model === null ? null : text(row.model),
   ];
@@ -54,8 +54,11 @@ function text(value: string): Buffer {
   return Buffer.from(value, 'utf8');
 }
 
-/** pgvector's binary form: int16 dimensions, int16 unused, then float4 values, big-endian. */
-function vector(values: number[]): Buffer {
+/**
+ * pgvector's binary form: int16 dimensions, int16 unused, then float4 values, big-endian. Also
+ * a query parameter: pg sends Buffers in binary, sparing both sides a float ↔ text conversion.
+ */
+export function encodeVector(values: readonly number[]): Buffer {
   const buffer = Buffer.alloc(4 + 4 * values.length);
   buffer.writeInt16BE(values.length, 0);
   buffer.writeInt16BE(0, 2);

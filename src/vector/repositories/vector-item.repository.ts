@@ -8,7 +8,7 @@ import { PG_POOL } from '../../database/database.constants';
 import { withTransaction } from '../../database/transaction';
 import { VectorTables } from '../vector-tables';
 import { ItemRow } from '../vector.types';
-import { COPY_COLUMNS, copyHeader, copyTrailer, encodeItem } from './binary-copy';
+import { COPY_COLUMNS, copyHeader, copyTrailer, encodeItem, encodeVector } from './binary-copy';
 
 export interface SearchHit {
   obj_ref: string;
@@ -185,7 +185,7 @@ export class VectorItemRepository {
     sessionEfSearch: number,
   ): Promise<SearchHit[]> {
     const sql = this.searchSql(table, slotId, dimension);
-    const params = [pgvector.toSql(vector), k];
+    const params = [encodeVector(vector), k];
     if (efSearch <= sessionEfSearch) return (await this.pool.query<SearchHit>(sql, params)).rows;
     return withTransaction(this.pool, async (client) => {
       await client.query(`SET LOCAL hnsw.ef_search = ${Math.trunc(efSearch)}`);
@@ -210,7 +210,7 @@ export class VectorItemRepository {
   ): Promise<string> {
     const { rows } = await this.pool.query<{ 'QUERY PLAN': string }>(
       `EXPLAIN ${this.searchSql(table, slotId, dimension)}`,
-      [pgvector.toSql(vector), 10],
+      [encodeVector(vector), 10],
     );
     return rows.map((row) => row['QUERY PLAN']).join('\n');
   }

@@ -1,4 +1,6 @@
 import { randomBytes } from 'node:crypto';
+import { Pool } from 'pg';
+import { PG_POOL } from '../../src/database/database.constants';
 import { TestApp, startTestApp } from '../support/app';
 
 describe('Vector API: the seed examples', () => {
@@ -66,5 +68,50 @@ describe('Vector API: the seed examples', () => {
       slot: 2,
       results: [{ obj_ref: 'q1', id: '1' }],
     });
+  });
+});
+
+describe('Vector API: client embeddings', () => {
+  let app: TestApp;
+  const namespace = `own-${randomBytes(3).toString('hex')}`;
+
+  beforeAll(async () => {
+    app = await startTestApp();
+  });
+
+  afterAll(async () => {
+    await app.close();
+  });
+
+  it('stores client embeddings exactly (binary vector arrays) and finds them by vector', async () => {
+    // Values exact in float4, so what was sent must come back unchanged.
+    const embeddings = [0, 1, 2].map((item) =>
+      Array.from({ length: 384 }, (_, i) => ((i * 7 + item * 13) % 17) / 8 - 1),
+    );
+    await app.http
+      .post('/api/v1/vector/batch-upsert')
+      .send({
+        items: embeddings.map((embedding, i) => ({
+          obj_ref: `own-${i}`,
+          content: `own ${i}`,
+          embedding,
+        })),
+        table_name: 'questions',
+        namespace,
+      })
+      .expect(200);
+    const { rows } = await app.app.get<Pool>(PG_POOL).query<{ obj_ref: string; embedding: string }>(
+      `SELECT i.obj_ref, i.embedding::text AS embedding
+       FROM vec_questions i JOIN vector_slots s ON s.id = i.slot_id
+       WHERE s.namespace = $1 ORDER BY i.obj_ref`,
+      [namespace],
+    );
+    expect(rows.map((row) => JSON.parse(row.embedding) as number[])).toEqual(embeddings);
+    const search = await app.http
+      .post('/api/v1/vector/search')
+      .send({ table_name: 'questions', namespace, vector: embeddings[1], k: 3 })
+      .expect(200);
+    expect(search.body.results[0]).toMatchObject({ obj_ref: 'own-1' });
+    expect(search.body.results[0].score).toBeCloseTo(1, 5);
   });
 });

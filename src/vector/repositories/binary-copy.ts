@@ -55,6 +55,30 @@ function text(value: string): Buffer {
 }
 
 /**
+ * A one-dimensional array of vectors in PostgreSQL's binary array form (ndim, has-nulls flag,
+ * element type, length, lower bound, then each element with its length), for a `vector[]`
+ * parameter. `vectorOid` is the OID of the vector type in the target database.
+ */
+export function encodeVectorArray(
+  vectors: readonly (readonly number[])[],
+  vectorOid: number,
+): Buffer {
+  const elements = vectors.map(encodeVector);
+  const size = 20 + elements.reduce((sum, element) => sum + 4 + element.length, 0);
+  const array = Buffer.alloc(size);
+  let offset = array.writeInt32BE(1, 0); // dimensions
+  offset = array.writeInt32BE(0, offset); // no NULL elements
+  offset = array.writeUInt32BE(vectorOid, offset);
+  offset = array.writeInt32BE(elements.length, offset);
+  offset = array.writeInt32BE(1, offset); // lower bound
+  for (const element of elements) {
+    offset = array.writeInt32BE(element.length, offset);
+    offset += element.copy(array, offset);
+  }
+  return array;
+}
+
+/**
  * pgvector's binary form: int16 dimensions, int16 unused, then float4 values, big-endian. Also
  * a query parameter: pg sends Buffers in binary, sparing both sides a float ↔ text conversion.
  */

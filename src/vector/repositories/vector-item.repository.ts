@@ -3,12 +3,18 @@ import { pipeline } from 'node:stream/promises';
 import { Inject, Injectable } from '@nestjs/common';
 import { Pool, PoolClient } from 'pg';
 import { from as copyFrom } from 'pg-copy-streams';
-import pgvector from 'pgvector/pg';
 import { PG_POOL } from '../../database/database.constants';
 import { withTransaction } from '../../database/transaction';
 import { VectorTables } from '../vector-tables';
 import { ItemRow } from '../vector.types';
-import { COPY_COLUMNS, copyHeader, copyTrailer, encodeItem, encodeVector } from './binary-copy';
+import {
+  COPY_COLUMNS,
+  copyHeader,
+  copyTrailer,
+  encodeItem,
+  encodeVector,
+  encodeVectorArray,
+} from './binary-copy';
 
 export interface SearchHit {
   obj_ref: string;
@@ -31,6 +37,21 @@ export class VectorItemRepository {
     private readonly tables: VectorTables,
   ) {}
 
+  private vectorTypeOid?: Promise<number>;
+
+  /** The vector type's OID (set when the extension was created), for binary vector arrays. */
+  private vectorOid(client: PoolClient): Promise<number> {
+    if (!this.vectorTypeOid) {
+      const lookup = client
+        .query<{ oid: number }>(`SELECT 'vector'::regtype::oid::int AS oid`)
+        .then(({ rows }) => rows[0].oid);
+      // A failed lookup (connection lost) is not remembered.
+      lookup.catch(() => (this.vectorTypeOid = undefined));
+      this.vectorTypeOid = lookup;
+    }
+    return this.vectorTypeOid;
+  }
+
   /**
    * Inserts or replaces rows of one slot in a single statement (arrays unnested server-side),
    * so a 1000-item batch is one round trip. Rows go in obj_ref order, as in mergeStaging: two
@@ -46,9 +67,9 @@ export class VectorItemRepository {
     const result = await client.query(
       `INSERT INTO ${this.tables.partition(table, slotId)} AS t
          (slot_id, obj_ref, item_id, content, content_hash, metadata, embedding, embedding_source, model)
-       SELECT $1, r.obj_ref, r.item_id, r.content, r.content_hash, r.metadata, r.embedding::vector,
+       SELECT $1, r.obj_ref, r.item_id, r.content, r.content_hash, r.metadata, r.embedding,
               r.embedding_source, r.model
-       FROM unnest($2::text[], $3::text[], $4::text[], $5::bytea[], $6::jsonb[], $7::text[], $8::text[], $9::text[])
+       FROM unnest($2::text[], $3::text[], $4::text[], $5::bytea[], $6::jsonb[], $7::vector[], $8::text[], $9::text[])
          AS r(obj_ref, item_id, content, content_hash, metadata, embedding, embedding_source, model)
        ORDER BY r.obj_ref
        ON CONFLICT (slot_id, obj_ref) DO UPDATE SET
@@ -63,7 +84,10 @@ export class VectorItemRepository {
         rows.map((row) => row.content),
         rows.map((row) => row.content_hash),
         rows.map((row) => (row.metadata === null ? null : JSON.stringify(row.metadata))),
-        rows.map((row) => pgvector.toSql(row.embedding) as string),
+        encodeVectorArray(
+          rows.map((row) => row.embedding),
+          await this.vectorOid(client),
+        ),
         rows.map((row) => row.embedding_source),
         rows.map((row) => row.model),
       ],

@@ -1,4 +1,6 @@
-import { BadRequestException, ValidationError, ValidationPipe } from '@nestjs/common';
+import { BadRequestException, Type, ValidationError, ValidationPipe } from '@nestjs/common';
+import type { TransformerPackage } from '@nestjs/common/interfaces/external/transformer-package.interface';
+import { ClassTransformOptions, instanceToPlain, plainToInstance } from 'class-transformer';
 import { FieldError, problem } from './problem';
 
 /** Flattens class-validator's nested errors into `items[0].obj_ref`-style paths. */
@@ -14,6 +16,68 @@ export function flattenValidationErrors(errors: ValidationError[], parent = ''):
   });
 }
 
+/** Shorter arrays are not worth the swap. */
+const SWAP_MIN_LENGTH = 16;
+
+/**
+ * class-transformer copies arrays element by element, asking of each number what class to build;
+ * for embeddings (hundreds of numbers per item, thousands of items per batch) that was most of
+ * the pipe's time. Arrays holding only numbers transform to equal copies of themselves, so they
+ * are swapped for opaque stand-ins while the rest is transformed, then put back as they came.
+ */
+const numberArraysAsIs: TransformerPackage = {
+  plainToInstance<T>(cls: Type<T>, plain: unknown, options?: ClassTransformOptions): T | T[] {
+    const swapped = new Map<symbol, number[]>();
+    const hidden = swapNumberArrays(plain, swapped);
+    try {
+      const instance = plainToInstance(cls, hidden, options);
+      return swapped.size === 0 ? instance : (restoreNumberArrays(instance, swapped) as T | T[]);
+    } finally {
+      if (swapped.size > 0) restoreNumberArrays(plain, swapped);
+    }
+  },
+  classToPlain: instanceToPlain,
+};
+
+function isNumberArray(value: unknown[]): value is number[] {
+  if (value.length < SWAP_MIN_LENGTH) return false;
+  for (const element of value) if (typeof element !== 'number') return false;
+  return true;
+}
+
+/** Replaces, in place, each array of numbers found in `value` by a symbol kept in `swapped`. */
+function swapNumberArrays(value: unknown, swapped: Map<symbol, number[]>): unknown {
+  if (Array.isArray(value)) {
+    if (isNumberArray(value)) {
+      const standIn = Symbol('numbers');
+      swapped.set(standIn, value);
+      return standIn;
+    }
+    for (let i = 0; i < value.length; i++) value[i] = swapNumberArrays(value[i], swapped);
+  } else if (isPlainObject(value)) {
+    for (const key of Object.keys(value)) value[key] = swapNumberArrays(value[key], swapped);
+  }
+  return value;
+}
+
+/** Puts back, in place, the arrays swapped out by swapNumberArrays. */
+function restoreNumberArrays(value: unknown, swapped: Map<symbol, number[]>): unknown {
+  if (typeof value === 'symbol') return swapped.get(value) ?? value;
+  if (Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) value[i] = restoreNumberArrays(value[i], swapped);
+  } else if (value !== null && typeof value === 'object') {
+    const record = value as Record<string, unknown>;
+    for (const key of Object.keys(record)) record[key] = restoreNumberArrays(record[key], swapped);
+  }
+  return value;
+}
+
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  if (value === null || typeof value !== 'object') return false;
+  const prototype = Object.getPrototypeOf(value) as unknown;
+  return prototype === Object.prototype || prototype === null;
+}
+
 /**
  * The global pipe: unknown fields are refused (not silently stripped), payloads are transformed
  * into their DTO classes, and failures become a 400 problem with one entry per field.
@@ -23,6 +87,7 @@ export function createValidationPipe(): ValidationPipe {
     whitelist: true,
     forbidNonWhitelisted: true,
     transform: true,
+    transformerPackage: numberArraysAsIs,
     stopAtFirstError: false,
     exceptionFactory: (errors) => {
       const fieldErrors = flattenValidationErrors(errors);

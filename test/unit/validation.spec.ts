@@ -1,5 +1,8 @@
+import 'reflect-metadata';
+import { BadRequestException } from '@nestjs/common';
 import { ValidationError } from 'class-validator';
-import { flattenValidationErrors } from '../../src/common/validation';
+import { createValidationPipe, flattenValidationErrors } from '../../src/common/validation';
+import { BatchUpsertDto, UpsertItemDto } from '../../src/vector/dto/vector.dto';
 
 function node(
   property: string,
@@ -23,5 +26,40 @@ describe('flattenValidationErrors', () => {
       { field: 'table_name', message: 'not a string' },
       { field: 'items[3].obj_ref', message: 'too long' },
     ]);
+  });
+});
+
+describe('the global validation pipe', () => {
+  const pipe = createValidationPipe();
+  const embedding = (seed: number) => Array.from({ length: 32 }, (_, i) => (i * seed) % 7);
+  const body = () => ({
+    table_name: 'questions',
+    namespace: 'ns',
+    items: [
+      { obj_ref: 'a', content: 'A', embedding: embedding(3), metadata: { tags: [1, 2] } },
+      { obj_ref: 'b', content: 'B', embedding: embedding(5) },
+    ],
+  });
+
+  it('builds the DTO classes with number arrays intact, and leaves the request body as it came', async () => {
+    const input = body();
+    const dto = (await pipe.transform(input, {
+      type: 'body',
+      metatype: BatchUpsertDto,
+    })) as BatchUpsertDto;
+    expect(dto).toBeInstanceOf(BatchUpsertDto);
+    expect(dto.items[0]).toBeInstanceOf(UpsertItemDto);
+    expect(dto.items.map((item) => item.embedding)).toEqual([embedding(3), embedding(5)]);
+    expect(dto.items[0].metadata).toEqual({ tags: [1, 2] });
+    expect(input).toEqual(body());
+  });
+
+  it('still rejects arrays that are not all numbers, and puts the body back', async () => {
+    const input = body();
+    (input.items[1].embedding as unknown[])[4] = 'x';
+    await expect(
+      pipe.transform(input, { type: 'body', metatype: BatchUpsertDto }),
+    ).rejects.toBeInstanceOf(BadRequestException);
+    expect(input.items[0].embedding).toEqual(embedding(3));
   });
 });

@@ -16,6 +16,11 @@ export class KeyedWakeups {
     for (const wake of this.waiters.get(key) ?? []) wake();
   }
 
+  /** Wakes every waiter, e.g. when events may have been missed. */
+  notifyAll(): void {
+    for (const wakes of this.waiters.values()) for (const wake of wakes) wake();
+  }
+
   waiter(keys: readonly string[]): Wakeable {
     let wakeNow: (() => void) | undefined;
     let pending = false;

@@ -56,8 +56,12 @@ export interface LockBackend {
   /** Removes the lock whoever holds it and bumps its fence. */
   forceRelease(key: string): Promise<ForceReleaseResult>;
 
-  /** Calls `listener` when any lock is released (best effort: waiters still poll). */
-  onRelease(listener: (key: string) => void): () => void;
+  /**
+   * Calls `listener` with the key when a lock is released (best effort: waiters still poll),
+   * and with null when releases may have gone unseen: the notification channel has just been
+   * (re)established, so every waiter should look again.
+   */
+  onRelease(listener: (key: string | null) => void): () => void;
 
   close(): Promise<void>;
 }

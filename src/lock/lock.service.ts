@@ -298,7 +298,9 @@ export class LockService implements OnModuleDestroy {
 
   /** Lets a waiter sleep until its backoff ends or one of its keys is released, whichever is first. */
   private wakeOnRelease(keys: string[]): Wakeable {
-    this.unsubscribe ??= this.backend.onRelease((key) => this.wakeups.notify(key));
+    this.unsubscribe ??= this.backend.onRelease((key) =>
+      key === null ? this.wakeups.notifyAll() : this.wakeups.notify(key),
+    );
     return this.wakeups.waiter(keys);
   }
 }

@@ -135,7 +135,7 @@ export class MemoryLockBackend implements LockBackend {
     });
   }
 
-  onRelease(listener: (key: string) => void): () => void {
+  onRelease(listener: (key: string | null) => void): () => void {
     this.listeners.add(listener);
     return () => this.listeners.delete(listener);
   }

@@ -44,7 +44,7 @@ export class RedisLockBackend implements LockBackend {
   readonly kind = 'redis';
   private readonly logger = new Logger('RedisLockBackend');
   private subscriber?: RedisConnection;
-  private readonly listeners = new Set<(key: string) => void>();
+  private readonly listeners = new Set<(key: string | null) => void>();
 
   constructor(
     private readonly redis: RedisConnection,
@@ -149,7 +149,7 @@ export class RedisLockBackend implements LockBackend {
     return { key, released: value !== null, previousHolder: decodeLockValue(value), fence };
   }
 
-  onRelease(listener: (key: string) => void): () => void {
+  onRelease(listener: (key: string | null) => void): () => void {
     this.listeners.add(listener);
     this.ensureSubscribed();
     return () => this.listeners.delete(listener);
@@ -173,12 +173,20 @@ export class RedisLockBackend implements LockBackend {
     subscriber.on('error', (error: Error) => {
       this.logger.debug(`release subscriber: ${error.message}`);
     });
-    subscriber.on('message', (_channel: string, key: string) => {
-      for (const listener of this.listeners) listener(key);
-    });
-    subscriber.subscribe(this.releaseChannel).catch((error: unknown) => {
-      this.logger.warn(`cannot subscribe to lock releases, waiters will poll: ${String(error)}`);
-    });
+    subscriber.on('message', (_channel: string, key: string) => this.announce(key));
+    // Releases published before the subscription took effect (or while it was down) were not
+    // seen: once it is in place, every waiter looks again instead of sleeping out its backoff.
+    subscriber.on('ready', () => this.announce(null));
+    subscriber
+      .subscribe(this.releaseChannel)
+      .then(() => this.announce(null))
+      .catch((error: unknown) => {
+        this.logger.warn(`cannot subscribe to lock releases, waiters will poll: ${String(error)}`);
+      });
+  }
+
+  private announce(key: string | null): void {
+    for (const listener of this.listeners) listener(key);
   }
 
   private assertSameSlot(keys: string[]): void {

@@ -1,9 +1,12 @@
 import { randomBytes } from 'node:crypto';
 import { setTimeout as delay } from 'node:timers/promises';
+import Redis from 'ioredis';
 import { IdempotencyService } from '../../src/idempotency';
 import { LockService } from '../../src/lock';
 import { LockMetrics } from '../../src/lock/lock.metrics';
+import { RedisLockBackend } from '../../src/lock/redis-lock.backend';
 import { TestApp, startTestApp } from '../support/app';
+import { TEST_REDIS_URL } from '../support/env';
 import { counterTotal } from '../support/locks';
 import { waitFor } from '../support/wait';
 
@@ -65,5 +68,51 @@ describe('wake-ups through the service Redis client', () => {
     await leader;
     expect(follower).toEqual({ status: 'done', result: 'done', replayed: true });
     expect(Date.now() - completedAt).toBeLessThan(1_000);
+  });
+});
+
+describe('a release published before the waiter has subscribed', () => {
+  let redis: Redis;
+  const services: LockService[] = [];
+
+  beforeAll(() => {
+    redis = new Redis(TEST_REDIS_URL);
+  });
+
+  afterAll(async () => {
+    await Promise.all(services.map((service) => service.onModuleDestroy()));
+    await redis.quit();
+  });
+
+  const service = (backend: RedisLockBackend) => {
+    const locks = new LockService(
+      backend,
+      { backend: 'redis', redis, backoffMs: 5_000, maxBackoffMs: 5_000 },
+      new LockMetrics(),
+    );
+    services.push(locks);
+    return locks;
+  };
+
+  it('is caught up once the subscription is in place, not after the 5 s backoff', async () => {
+    const key = `lock:notify:${randomBytes(4).toString('hex')}`;
+    const holder = await service(new RedisLockBackend(redis, 'lock:__released')).acquire(key);
+    // The waiter's first attempt meets the lock; the holder lets go before the waiter's
+    // service (fresh, so not yet subscribed) can subscribe: that release's message is lost.
+    const waiterBackend = new RedisLockBackend(redis, 'lock:__released');
+    const attempt = waiterBackend.tryAcquire.bind(waiterBackend);
+    let releaseFirst: (() => Promise<unknown>) | undefined = () => holder.release();
+    waiterBackend.tryAcquire = async (...args) => {
+      const result = await attempt(...args);
+      const release = releaseFirst;
+      releaseFirst = undefined;
+      if (!result.acquired && release) await release();
+      return result;
+    };
+    const started = Date.now();
+    const handle = await service(waiterBackend).acquire(key, { waitTimeoutMs: 20_000 });
+    expect(releaseFirst).toBeUndefined();
+    expect(Date.now() - started).toBeLessThan(1_000);
+    await handle.release();
   });
 });

@@ -174,15 +174,19 @@ export class RedisLockBackend implements LockBackend {
       this.logger.debug(`release subscriber: ${error.message}`);
     });
     subscriber.on('message', (_channel: string, key: string) => this.announce(key));
-    // Releases published before the subscription took effect (or while it was down) were not
-    // seen: once it is in place, every waiter looks again instead of sleeping out its backoff.
-    subscriber.on('ready', () => this.announce(null));
-    subscriber
-      .subscribe(this.releaseChannel)
-      .then(() => this.announce(null))
-      .catch((error: unknown) => {
-        this.logger.warn(`cannot subscribe to lock releases, waiters will poll: ${String(error)}`);
-      });
+    // Subscribed on every (re)connection; releases published before the subscription took
+    // effect were not seen, so once it is confirmed every waiter looks again instead of
+    // sleeping out its backoff.
+    subscriber.on('ready', () => {
+      subscriber
+        .subscribe(this.releaseChannel)
+        .then(() => this.announce(null))
+        .catch((error: unknown) => {
+          this.logger.warn(
+            `cannot subscribe to lock releases, waiters will poll: ${String(error)}`,
+          );
+        });
+    });
   }
 
   private announce(key: string | null): void {

@@ -3,7 +3,7 @@ import { Pool } from 'pg';
 import { PG_POOL } from '../../src/database/database.constants';
 import { TestApp, startTestApp } from '../support/app';
 
-describe('Vector API: the seed examples', () => {
+describe('Vector API: the seed examples and client embeddings', () => {
   let app: TestApp;
   const namespace = `math-${randomBytes(3).toString('hex')}`;
 
@@ -69,21 +69,9 @@ describe('Vector API: the seed examples', () => {
       results: [{ obj_ref: 'q1', id: '1' }],
     });
   });
-});
-
-describe('Vector API: client embeddings', () => {
-  let app: TestApp;
-  const namespace = `own-${randomBytes(3).toString('hex')}`;
-
-  beforeAll(async () => {
-    app = await startTestApp();
-  });
-
-  afterAll(async () => {
-    await app.close();
-  });
 
   it('stores client embeddings exactly (binary vector arrays) and finds them by vector', async () => {
+    const ownNamespace = `own-${randomBytes(3).toString('hex')}`;
     // Values exact in float4, so what was sent must come back unchanged.
     const embeddings = [0, 1, 2].map((item) =>
       Array.from({ length: 384 }, (_, i) => ((i * 7 + item * 13) % 17) / 8 - 1),
@@ -97,19 +85,19 @@ describe('Vector API: client embeddings', () => {
           embedding,
         })),
         table_name: 'questions',
-        namespace,
+        namespace: ownNamespace,
       })
       .expect(200);
     const { rows } = await app.app.get<Pool>(PG_POOL).query<{ obj_ref: string; embedding: string }>(
       `SELECT i.obj_ref, i.embedding::text AS embedding
        FROM vec_questions i JOIN vector_slots s ON s.id = i.slot_id
        WHERE s.namespace = $1 ORDER BY i.obj_ref`,
-      [namespace],
+      [ownNamespace],
     );
     expect(rows.map((row) => JSON.parse(row.embedding) as number[])).toEqual(embeddings);
     const search = await app.http
       .post('/api/v1/vector/search')
-      .send({ table_name: 'questions', namespace, vector: embeddings[1], k: 3 })
+      .send({ table_name: 'questions', namespace: ownNamespace, vector: embeddings[1], k: 3 })
       .expect(200);
     expect(search.body.results[0]).toMatchObject({ obj_ref: 'own-1' });
     expect(search.body.results[0].score).toBeCloseTo(1, 5);

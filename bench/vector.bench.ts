@@ -53,16 +53,6 @@ function clustered(count: number, seed: number): number[][] {
   });
 }
 
-async function http(base: string, path: string, body: unknown) {
-  const response = await fetch(`${base}${path}`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify(body),
-  });
-  if (!response.ok) throw new Error(`${path}: ${response.status} ${await response.text()}`);
-  return (await response.json()) as Record<string, unknown>;
-}
-
 async function main() {
   const admin = new Client({ connectionString: ADMIN_URL });
   await admin.connect();
@@ -75,7 +65,6 @@ async function main() {
   await runMigrations(databaseUrl, { info: () => undefined });
 
   const service = await startService(databaseUrl);
-  const base = service.base;
   const pool = new Pool({ connectionString: databaseUrl, max: 8 });
   const report: (string | number)[][] = [];
 
@@ -86,8 +75,7 @@ async function main() {
   const upsertRows = 10_000;
   const upsertBatch = 1_000;
   const upsertVectors = clustered(upsertRows, 7);
-  const upsertClient = new KeepAliveClient(base, 1);
-  await upsertClient.post(
+  await service.client.post(
     '/batch-upsert',
     JSON.stringify({
       items: [{ obj_ref: 'warm', content: 'warm', embedding: upsertVectors[0] }],
@@ -114,13 +102,12 @@ async function main() {
     });
     const params = [refs, contents, slice.map((v) => pgvector.toSql(v) as string)];
     let started = performance.now();
-    await upsertClient.post('/batch-upsert', body);
+    await service.client.post('/batch-upsert', body);
     httpSeconds.push((performance.now() - started) / 1000);
     started = performance.now();
     await pool.query(rawUpsertSql, params);
     rawSeconds.push((performance.now() - started) / 1000);
   }
-  upsertClient.close();
   const sum = (values: number[]) => values.reduce((a, b) => a + b, 0);
   const httpUpsert = upsertRows / sum(httpSeconds);
   const rawUpsert = upsertRows / sum(rawSeconds);
@@ -140,11 +127,14 @@ async function main() {
   const drawn = clustered(ROWS + 200, 42);
   const vectors = drawn.slice(0, ROWS);
   const queries = drawn.slice(ROWS);
-  await http(base, '/batch-upsert', {
-    items: [{ obj_ref: 'seed', content: 'seed', embedding: vectors[0] }],
-    table_name: 'questions',
-    namespace: NAMESPACE,
-  });
+  await service.client.post(
+    '/batch-upsert',
+    JSON.stringify({
+      items: [{ obj_ref: 'seed', content: 'seed', embedding: vectors[0] }],
+      table_name: 'questions',
+      namespace: NAMESPACE,
+    }),
+  );
   const { rows: slotRows } = await pool.query<{ id: string }>(
     `SELECT id FROM vector_slots WHERE namespace = $1 AND slot = 1`,
     [NAMESPACE],
@@ -170,10 +160,12 @@ async function main() {
   await service.stop();
   let started: number;
   const service2 = await startService(databaseUrl); // its start-up index pass rebuilds the index
-  const base2 = service2.base;
   await waitForIndex(pool, `${partition}_hnsw`);
   started = performance.now();
-  const rebuild = await http(base2, '/rebuild-index', { namespace: NAMESPACE, force: true });
+  const rebuild = await service2.client.post(
+    '/rebuild-index',
+    JSON.stringify({ namespace: NAMESPACE, force: true }),
+  );
   const rebuildSeconds = (performance.now() - started) / 1000;
   // Baseline: re-inserting the rows into an indexed table, for a bounded time, extrapolated.
   await pool.query(
@@ -223,9 +215,8 @@ async function main() {
     max: SEARCH_CONCURRENCY,
     options: `-c hnsw.ef_search=${EF_SEARCH}`,
   });
-  const client = new KeepAliveClient(base2, SEARCH_CONCURRENCY);
   const viaHttp = (index: number) =>
-    client
+    service2.client
       .post('/search', bodies[index])
       .then((body) => (body.results as { obj_ref: string }[]).map((hit) => hit.obj_ref));
   const viaSql = (index: number) =>
@@ -277,7 +268,6 @@ async function main() {
     '',
   ]);
   await searchPool.end();
-  client.close();
 
   console.log(
     `# Vector benchmark (${ROWS} × ${DIM}, clustered vectors; rebuild: ${JSON.stringify({ embedded: rebuild.embedded, reused: rebuild.reused })})\n`,
@@ -319,8 +309,9 @@ async function startService(databaseUrl: string) {
     if (child.exitCode !== null) throw new Error('the service did not start (run `npm run build`)');
     await new Promise((resolve) => setTimeout(resolve, 200));
   }
+  const client = new KeepAliveClient(base, SEARCH_CONCURRENCY);
   return {
-    base,
+    client,
     /** CPU seconds (user + system) the service process has used so far; Linux only. */
     cpuSeconds: () => {
       const fields = readFileSync(`/proc/${child.pid}/stat`, 'utf8').split(') ')[1].split(' ');
@@ -328,6 +319,7 @@ async function startService(databaseUrl: string) {
       return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS_PER_SECOND;
     },
     stop: async () => {
+      client.close();
       const exited = once(child, 'exit');
       child.kill('SIGTERM');
       await exited;

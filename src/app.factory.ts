@@ -9,7 +9,8 @@ import { serveOpenApi } from './common/openapi';
 import { PROBLEM_CONTENT_TYPE, problem } from './common/problem';
 import { instrumentHttp } from './metrics/http-metrics';
 import { validateEnv } from './config/env.schema';
-import { REQUEST_ID_HEADER, requestIdFor } from './logging/logging.module';
+import { REQUEST_ID_HEADER, ROOT_LOGGER, requestIdFor } from './logging/logging.module';
+import { logRequests } from './logging/request-logging';
 
 export const API_PREFIX = 'api/v1/vector';
 
@@ -26,7 +27,7 @@ export async function createApp(options: CreateAppOptions = {}): Promise<NestFas
   const env = validateEnv(process.env);
   const adapter = new FastifyAdapter({
     bodyLimit: env.BODY_LIMIT_BYTES,
-    // Logging is pino-http's (LoggingModule); Fastify only assigns the request id it logs.
+    // Requests are logged by our own hooks (logRequests); Fastify assigns the id they carry.
     logger: false,
     genReqId: requestIdFor,
     // On close, drop idle keep-alive connections at once; in-flight requests still complete.
@@ -48,17 +49,19 @@ export async function createApp(options: CreateAppOptions = {}): Promise<NestFas
     abortOnError: false,
   });
   app.useLogger(app.get(Logger));
+  // Nest would flush the start-up lines it buffered only on listen(); apps that are only
+  // initialised (tests, scripts) would buffer every later line too.
+  app.flushLogs();
   // /metrics sits at the root, where Prometheus looks by default.
   app.setGlobalPrefix(API_PREFIX, { exclude: ['metrics'] });
-  instrumentHttp(app.getHttpAdapter().getInstance(), app.get(Registry));
+  const fastify = app.getHttpAdapter().getInstance();
+  logRequests(fastify, app.get(ROOT_LOGGER));
+  instrumentHttp(fastify, app.get(Registry));
   serveOpenApi(app);
-  app
-    .getHttpAdapter()
-    .getInstance()
-    .addHook('onRequest', (request, reply, done) => {
-      void reply.header(REQUEST_ID_HEADER, request.id);
-      done();
-    });
+  fastify.addHook('onRequest', (request, reply, done) => {
+    void reply.header(REQUEST_ID_HEADER, request.id);
+    done();
+  });
 
   return app;
 }

@@ -1,8 +1,9 @@
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
-import { Module, RequestMethod } from '@nestjs/common';
+import { Module } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { LoggerModule } from 'nestjs-pino';
+import pino, { Logger } from 'pino';
 import { AppConfigService } from '../config/app-config.module';
 
 export const REQUEST_ID_HEADER = 'x-request-id';
@@ -17,24 +18,18 @@ export function requestIdFor(req: IncomingMessage): string {
     : randomUUID();
 }
 
-/** Probes hit these every few seconds; logging each one would drown everything else. */
-const QUIET_PATHS = /^\/api\/v1\/vector\/health(\/|$|\?)/;
+/** The root pino logger: Nest's Logger writes through it, and so do the request logs. */
+export const ROOT_LOGGER = Symbol('ROOT_LOGGER');
 
-/** Structured JSON logs (pino), one line per request with its request id; secrets redacted. */
 @Module({
-  imports: [
-    LoggerModule.forRootAsync({
+  providers: [
+    {
+      provide: ROOT_LOGGER,
       inject: [ConfigService],
-      useFactory: (config: AppConfigService) => ({
-        forRoutes: [{ path: '{*path}', method: RequestMethod.ALL }],
-        pinoHttp: {
+      useFactory: (config: AppConfigService): Logger =>
+        pino({
           level: config.get('LOG_LEVEL', { infer: true }),
-          // Fastify has already assigned the id (see createApp); log lines carry the same one.
-          genReqId: (req) => req.id ?? requestIdFor(req),
-          customAttributeKeys: { reqId: 'request_id' },
-          // Log lines written while handling a request carry its id as a top-level field.
-          quietReqLogger: true,
-          autoLogging: { ignore: (req) => QUIET_PATHS.test(req.url ?? '') },
+          // Secrets never reach a log line, even if a header object is logged by mistake.
           redact: {
             paths: [
               'req.headers.authorization',
@@ -44,13 +39,27 @@ const QUIET_PATHS = /^\/api\/v1\/vector\/health(\/|$|\?)/;
             ],
             censor: '[redacted]',
           },
-          serializers: {
-            req: (req: { method: string; url: string }) => ({ method: req.method, url: req.url }),
-            res: (res: { statusCode: number }) => ({ status: res.statusCode }),
-          },
-        },
-      }),
+        }),
+    },
+  ],
+  exports: [ROOT_LOGGER],
+})
+class RootLoggerModule {}
+
+/**
+ * Structured JSON logs (pino) through Nest's Logger; secrets redacted. Requests are logged by
+ * Fastify hooks (request-logging.ts, installed by createApp), so nestjs-pino's pino-http
+ * middleware is applied to no route.
+ */
+@Module({
+  imports: [
+    RootLoggerModule,
+    LoggerModule.forRootAsync({
+      imports: [RootLoggerModule],
+      inject: [ROOT_LOGGER],
+      useFactory: (logger: Logger) => ({ pinoHttp: { logger }, forRoutes: [] }),
     }),
   ],
+  exports: [RootLoggerModule],
 })
 export class LoggingModule {}

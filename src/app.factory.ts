@@ -43,6 +43,9 @@ export async function createApp(options: CreateAppOptions = {}): Promise<NestFas
         .send(problem(status, error.message));
     },
     return503OnClosing: true,
+    // The app has no Nest middleware (requests are logged by Fastify hooks), so the Express
+    // compatibility layer, which ran on every request, is left out.
+    skipMiddie: true,
   });
   const app = await NestFactory.create<NestFastifyApplication>(appModule, adapter, {
     bufferLogs: true,

@@ -62,4 +62,24 @@ describe('the global validation pipe', () => {
     ).rejects.toBeInstanceOf(BadRequestException);
     expect(input.items[0].embedding).toEqual(embedding(3));
   });
+
+  it('still strips prototype keys and closes array gaps beside number arrays', async () => {
+    const input = JSON.parse(
+      '{"table_name":"questions","namespace":"ns","items":[{"obj_ref":"a","content":"A",' +
+        `"embedding":${JSON.stringify(embedding(3))},` +
+        '"metadata":{"__proto__":{"polluted":true},"constructor":{"prototype":{"x":1}},"ok":1}}]}',
+    ) as ReturnType<typeof body>;
+    const sparse: unknown[] = [];
+    sparse[2] = 'kept';
+    (input.items[0].metadata as Record<string, unknown>).list = sparse;
+    const dto = (await pipe.transform(input, {
+      type: 'body',
+      metatype: BatchUpsertDto,
+    })) as BatchUpsertDto;
+    expect(dto.items[0].embedding).toEqual(embedding(3));
+    const metadata = dto.items[0].metadata!;
+    expect(Object.keys(metadata).sort()).toEqual(['list', 'ok']);
+    expect(metadata.list).toEqual(['kept']);
+    expect(({} as Record<string, unknown>).polluted).toBeUndefined();
+  });
 });

@@ -118,7 +118,18 @@ export class VectorService {
     if ((dto.query === undefined) === (dto.vector === undefined)) {
       throw invalidRequest([{ field: 'query', message: 'send exactly one of query or vector' }]);
     }
-    const slot = await this.searchSlot(dto.namespace);
+    try {
+      return await this.searchSlotOf(await this.searchSlot(dto.namespace), dto);
+    } catch (error) {
+      // The cached slot was switched away from and dropped meanwhile: look it up afresh (the new
+      // slot may have another model or dimension, so the query vector is made again too).
+      if ((error as { code?: string }).code !== UNDEFINED_TABLE) throw error;
+      this.searchSlots.delete(dto.namespace);
+      return this.searchSlotOf(await this.searchSlot(dto.namespace), dto);
+    }
+  }
+
+  private async searchSlotOf(slot: SlotRow, dto: SearchDto) {
     let vector: number[];
     if (dto.vector) {
       const problems = vectorProblems(dto.vector, slot.dimension, 'vector');
@@ -130,25 +141,15 @@ export class VectorService {
       }
       [vector] = await this.embedder.embed([dto.query!]);
     }
-    const search = (target: SlotRow) =>
-      this.items.search(
-        dto.table_name,
-        target.id,
-        target.dimension,
-        vector,
-        dto.k,
-        Math.max(dto.k, this.settings.efSearch),
-        this.settings.efSearch,
-      );
-    let hits;
-    try {
-      hits = await search(slot);
-    } catch (error) {
-      // The cached slot was switched away from and dropped meanwhile: look it up afresh.
-      if ((error as { code?: string }).code !== UNDEFINED_TABLE) throw error;
-      this.searchSlots.delete(dto.namespace);
-      hits = await search(await this.searchSlot(dto.namespace));
-    }
+    const hits = await this.items.search(
+      dto.table_name,
+      slot.id,
+      slot.dimension,
+      vector,
+      dto.k,
+      Math.max(dto.k, this.settings.efSearch),
+      this.settings.efSearch,
+    );
     return {
       success: true as const,
       namespace: dto.namespace,

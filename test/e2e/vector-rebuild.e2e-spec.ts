@@ -104,6 +104,53 @@ describe('Vector slots: rebuild, fencing, cleanup, rollback', () => {
     );
   });
 
+  it('searches the new active slot once the slot it had prepared its statement for is dropped', async () => {
+    const namespace = newNamespace();
+    await seed(namespace, 20);
+    const search = () =>
+      app.http
+        .post('/api/v1/vector/search')
+        .send({ table_name: 'questions', namespace, query: 'seed item number 3', k: 3 });
+    // Prepares the slot-1 statement on several pooled connections.
+    for (const res of await Promise.all(Array.from({ length: 6 }, search))) {
+      expect(res.body).toMatchObject({ slot: 1 });
+    }
+    const slot1 = Number(
+      (
+        await pool.query<{ id: string }>(
+          'SELECT id FROM vector_slots WHERE namespace = $1 AND slot = 1',
+          [namespace],
+        )
+      ).rows[0].id,
+    );
+    await app.http.post('/api/v1/vector/rebuild-index').send({ namespace }).expect(200);
+    await app.http
+      .post('/api/v1/vector/cleanup-slots')
+      .send({ namespace, keep_previous: false })
+      .expect(200);
+
+    // The prepared statement of the dropped slot fails as its table does, the error the
+    // service's retry looks for...
+    const items = app.app.get(VectorItemRepository);
+    await expect(
+      items.search(
+        'questions',
+        slot1,
+        384,
+        Array.from({ length: 384 }, () => 0.05),
+        3,
+        40,
+        40,
+      ),
+    ).rejects.toMatchObject({ code: '42P01' });
+    // ...so searches that still had slot 1 cached find slot 2.
+    for (const res of await Promise.all(Array.from({ length: 6 }, search))) {
+      expect(res.status).toBe(200);
+      expect(res.body).toMatchObject({ slot: 2 });
+      expect(res.body.results).toHaveLength(3);
+    }
+  });
+
   it('searches through the active slot partition HNSW index', async () => {
     const namespace = newNamespace();
     // Large enough that the planner prefers the index to an exact scan (tiny slots scan).

@@ -198,6 +198,11 @@ export class VectorItemRepository {
    * index expression exactly. Connections start with hnsw.ef_search = SEARCH_EF_SEARCH
    * (DatabaseModule), so a search within it is one round trip; a larger k raises ef_search for
    * its own transaction only (SET LOCAL, sent with BEGIN in one message).
+   *
+   * The statement is prepared once per connection and slot (named after both), so Postgres
+   * neither parses nor, once it settles on the generic plan (the same index scan), plans it
+   * again. A statement of a dropped slot fails as the table does (42P01), which the caller
+   * handles by looking the slot up again.
    */
   async search(
     table: string,
@@ -208,12 +213,15 @@ export class VectorItemRepository {
     efSearch: number,
     sessionEfSearch: number,
   ): Promise<SearchHit[]> {
-    const sql = this.searchSql(table, slotId, dimension);
-    const params = [encodeVector(vector), k];
-    if (efSearch <= sessionEfSearch) return (await this.pool.query<SearchHit>(sql, params)).rows;
+    const statement = {
+      name: `search_${table}_${Math.trunc(slotId)}_${Math.trunc(dimension)}`,
+      text: this.searchSql(table, slotId, dimension),
+      values: [encodeVector(vector), k],
+    };
+    if (efSearch <= sessionEfSearch) return (await this.pool.query<SearchHit>(statement)).rows;
     return withTransaction(this.pool, async (client) => {
       await client.query(`SET LOCAL hnsw.ef_search = ${Math.trunc(efSearch)}`);
-      return (await client.query<SearchHit>(sql, params)).rows;
+      return (await client.query<SearchHit>(statement)).rows;
     });
   }
 

@@ -27,17 +27,29 @@ const SWAP_MIN_LENGTH = 16;
  */
 const numberArraysAsIs: TransformerPackage = {
   plainToInstance<T>(cls: Type<T>, plain: unknown, options?: ClassTransformOptions): T | T[] {
-    const swapped = new Map<symbol, number[]>();
-    const hidden = swapNumberArrays(plain, swapped);
-    try {
-      const instance = plainToInstance(cls, hidden, options);
-      return swapped.size === 0 ? instance : (restoreNumberArrays(instance, swapped) as T | T[]);
-    } finally {
-      if (swapped.size > 0) restoreNumberArrays(plain, swapped);
-    }
+    return withNumberArraysHidden(plain, (hidden, swapped) =>
+      restoreNumberArrays(plainToInstance(cls, hidden, options), swapped),
+    ) as T | T[];
   },
   classToPlain: instanceToPlain,
 };
+
+/**
+ * Runs `run` on `value` with its number arrays swapped out (in place), then puts them back in
+ * `value`. `run` also gets the swapped arrays, to put them back into what it built.
+ */
+function withNumberArraysHidden<R>(
+  value: unknown,
+  run: (hidden: unknown, swapped: Map<symbol, number[]>) => R,
+): R {
+  const swapped = new Map<symbol, number[]>();
+  const hidden = swapNumberArrays(value, swapped);
+  try {
+    return run(hidden, swapped);
+  } finally {
+    restoreNumberArrays(value, swapped);
+  }
+}
 
 function isNumberArray(value: unknown[]): value is number[] {
   if (value.length < SWAP_MIN_LENGTH) return false;
@@ -69,6 +81,7 @@ function swapNumberArrays(value: unknown, swapped: Map<symbol, number[]>): unkno
 
 /** Puts back, in place, the arrays swapped out by swapNumberArrays. */
 function restoreNumberArrays(value: unknown, swapped: Map<symbol, number[]>): unknown {
+  if (swapped.size === 0) return value;
   if (typeof value === 'symbol') return swapped.get(value) ?? value;
   if (Array.isArray(value)) {
     for (let i = 0; i < value.length; i++) {
@@ -106,16 +119,6 @@ class NumberArrayAwareValidationPipe extends ValidationPipe {
 
   protected override stripProtoKeys(value: unknown): void {
     withNumberArraysHidden(value, () => super.stripProtoKeys(value));
-  }
-}
-
-function withNumberArraysHidden(value: unknown, run: () => void): void {
-  const swapped = new Map<symbol, number[]>();
-  swapNumberArrays(value, swapped);
-  try {
-    run();
-  } finally {
-    if (swapped.size > 0) restoreNumberArrays(value, swapped);
   }
 }
 

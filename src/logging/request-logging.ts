@@ -1,4 +1,4 @@
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { storage } from 'nestjs-pino/storage';
 import type { Logger } from 'pino';
 
@@ -41,32 +41,28 @@ export function logRequests(fastify: FastifyInstance, root: Logger): void {
   fastify.addHook('preHandler', (request, _reply, done) => {
     storage.run(new RequestLogContext(root, request.id), done);
   });
+  const logged = (request: FastifyRequest, level: 'info' | 'error') =>
+    root.isLevelEnabled(level) && !QUIET_PATHS.test(request.url);
   fastify.addHook('onResponse', (request, reply, done) => {
-    const failed = reply.statusCode >= 500;
-    if (root.isLevelEnabled(failed ? 'error' : 'info') && !QUIET_PATHS.test(request.url)) {
-      root[failed ? 'error' : 'info'](
-        accessLogFields(request, reply),
-        failed ? 'request errored' : 'request completed',
+    const level = reply.statusCode >= 500 ? 'error' : 'info';
+    if (logged(request, level)) {
+      root[level](
+        {
+          ...requestFields(request),
+          res: { status: reply.statusCode },
+          responseTime: Math.round(reply.elapsedTime),
+        },
+        level === 'error' ? 'request errored' : 'request completed',
       );
     }
     done();
   });
   fastify.addHook('onRequestAbort', (request, done) => {
-    if (root.isLevelEnabled('info') && !QUIET_PATHS.test(request.url)) {
-      root.info(
-        { request_id: request.id, req: { method: request.method, url: request.url } },
-        'request aborted',
-      );
-    }
+    if (logged(request, 'info')) root.info(requestFields(request), 'request aborted');
     done();
   });
 }
 
-function accessLogFields(request: FastifyRequest, reply: FastifyReply) {
-  return {
-    request_id: request.id,
-    req: { method: request.method, url: request.url },
-    res: { status: reply.statusCode },
-    responseTime: Math.round(reply.elapsedTime),
-  };
+function requestFields(request: FastifyRequest) {
+  return { request_id: request.id, req: { method: request.method, url: request.url } };
 }

@@ -5,7 +5,7 @@ import { Inject, Injectable, Logger, OnModuleDestroy } from '@nestjs/common';
 import { KeyedWakeups, Wakeable } from '../common/keyed-wakeups';
 import { definedOnly } from '../common/objects';
 import { HeldLock, HeldLockHooks } from './held-lock';
-import { LockBackend, WaitMode } from './lock-backend';
+import { AttemptResult, HolderEncoder, LockBackend, WaitMode } from './lock-backend';
 import { LOCK_BACKEND } from './lock.constants';
 import { LockBackendError, LockNotAcquiredError } from './lock.errors';
 import { assertLockKey } from './lock-keys';
@@ -15,7 +15,6 @@ import {
   AcquireOptions,
   ForceReleaseResult,
   LockHandle,
-  LockHolder,
   LockStatus,
   MultiLockHandle,
   WithLockOptions,
@@ -31,6 +30,8 @@ const DEFAULTS = {
 };
 
 const EXPIRY_SWEEP_MS = 1_000;
+// Lock keys repeat (one per resource): each is checked once, in a bounded memory.
+const MAX_CHECKED_KEYS = 10_000;
 
 /** How a public method acquires: shared constants, so the hot path allocates nothing for it. */
 interface AcquireMode {
@@ -60,6 +61,8 @@ export class LockService implements OnModuleDestroy {
   private readonly context = new AsyncLocalStorage<HeldLock[]>();
   private readonly hooks: HeldLockHooks;
   private readonly tokenPrefix = `${randomBytes(12).toString('base64url')}.`;
+  private readonly holders: HolderEncoder;
+  private readonly checkedKeys = new Set<string>();
   private sequence = 0;
   private readonly untrack: () => void;
   // Handles nobody watches have no timer of their own; this notices the ones left to expire.
@@ -73,6 +76,7 @@ export class LockService implements OnModuleDestroy {
     this.settings = { ...DEFAULTS, ...definedOnly(options) };
     this.instanceId =
       options.instanceId ?? `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
+    this.holders = new HolderEncoder(this.instanceId, process.pid);
     this.hooks = {
       settled: (lock, lost) => {
         this.held.delete(lock);
@@ -198,7 +202,7 @@ export class LockService implements OnModuleDestroy {
     request: WithLockOptions,
     mode: AcquireMode,
   ): Promise<HeldLock | null> {
-    for (const key of keys) assertLockKey(key, this.settings.prefix);
+    this.assertKeys(keys);
     const ttlMs = request.ttlMs ?? this.settings.defaultTtlMs;
     const waitMs = mode.waits ? (request.waitTimeoutMs ?? this.settings.defaultWaitTimeoutMs) : 0;
     if (!(ttlMs > 0) || !(waitMs >= 0))
@@ -207,12 +211,7 @@ export class LockService implements OnModuleDestroy {
     const metrics = this.metrics.of(operation);
     // Unique per acquisition; no colon (values are `<token>:<holder>`).
     const token = `${this.tokenPrefix}${(this.sequence++).toString(36)}`;
-    const holder: LockHolder = {
-      instanceId: this.instanceId,
-      pid: process.pid,
-      operation: request.operation,
-      acquiredAt: Date.now(),
-    };
+    const holder = this.holders.encode(request.operation, Date.now());
     const fair = request.fair === true && keys.length === 1;
     const started = performance.now();
     const deadline = started + waitMs;
@@ -223,18 +222,19 @@ export class LockService implements OnModuleDestroy {
     let wake: Wakeable | undefined;
     try {
       for (let attempt = 0; ; attempt++) {
-        const leaseStartedAt = performance.now();
+        const leaseStartedAt = attempt === 0 ? started : performance.now();
         const waitMode: WaitMode = fair || waitMs === 0 ? 'none' : waiting ? 'stay' : 'join';
-        const result = await (
-          fair
+        let result: AttemptResult;
+        try {
+          result = await (fair
             ? this.backend.tryAcquireFair(keys[0], token, ttlMs, holder, this.settings.fairStaleMs)
-            : this.backend.tryAcquire(keys, token, ttlMs, holder, waitMode)
-        ).catch((error: unknown) => {
+            : this.backend.tryAcquire(keys, token, ttlMs, holder, waitMode));
+        } catch (error) {
           metrics.errors++;
           throw error instanceof LockBackendError
             ? error
             : new LockBackendError(keys.join(', '), error);
-        });
+        }
         if (result.acquired) {
           waiting = false;
           const lock = new HeldLock(
@@ -281,6 +281,15 @@ export class LockService implements OnModuleDestroy {
       throw error;
     } finally {
       wake?.dispose();
+    }
+  }
+
+  private assertKeys(keys: string[]): void {
+    for (const key of keys) {
+      if (this.checkedKeys.has(key)) continue;
+      assertLockKey(key, this.settings.prefix);
+      if (this.checkedKeys.size >= MAX_CHECKED_KEYS) this.checkedKeys.clear();
+      this.checkedKeys.add(key);
     }
   }
 

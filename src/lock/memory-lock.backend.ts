@@ -1,11 +1,12 @@
 import {
   AttemptResult,
+  EncodedHolder,
   LockBackend,
   WaitMode,
   decodeLockValue,
   encodeLockValue,
 } from './lock-backend';
-import { ForceReleaseResult, LockHolder, LockStatus } from './lock.types';
+import { ForceReleaseResult, LockStatus } from './lock.types';
 
 interface Entry {
   value: string;
@@ -32,7 +33,7 @@ export class MemoryLockBackend implements LockBackend {
     keys: string[],
     token: string,
     ttlMs: number,
-    holder: LockHolder,
+    holder: EncodedHolder,
     _waitMode: WaitMode,
   ): Promise<AttemptResult> {
     for (const key of keys) {
@@ -49,7 +50,7 @@ export class MemoryLockBackend implements LockBackend {
     key: string,
     token: string,
     ttlMs: number,
-    holder: LockHolder,
+    holder: EncodedHolder,
     staleMs: number,
   ): Promise<AttemptResult> {
     const now = Date.now();
@@ -145,7 +146,7 @@ export class MemoryLockBackend implements LockBackend {
     return Promise.resolve();
   }
 
-  private take(key: string, token: string, ttlMs: number, holder: LockHolder): number {
+  private take(key: string, token: string, ttlMs: number, holder: EncodedHolder): number {
     this.locks.set(key, { value: encodeLockValue(token, holder), expiresAt: Date.now() + ttlMs });
     return this.bumpFence(key);
   }

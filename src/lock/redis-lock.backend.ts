@@ -5,6 +5,7 @@ import calculateSlot from 'cluster-key-slot';
 import Redis, { Cluster } from 'ioredis';
 import {
   AttemptResult,
+  EncodedHolder,
   LockBackend,
   WaitMode,
   decodeLockValue,
@@ -12,7 +13,7 @@ import {
 } from './lock-backend';
 import { LockBackendError } from './lock.errors';
 import { siblingKey } from './lock-keys';
-import { ForceReleaseResult, LockHolder, LockStatus } from './lock.types';
+import { ForceReleaseResult, LockStatus } from './lock.types';
 import {
   ACQUIRE,
   ACQUIRE_FAIR,
@@ -39,12 +40,23 @@ const fenceKey = (key: string) => siblingKey(key, 'fence');
 const waitersKey = (key: string) => siblingKey(key, 'waiters');
 const queueKey = (key: string) => siblingKey(key, 'queue');
 
+/** The keys the acquire and release scripts touch for one lock key. */
+interface SingleKeyPlan {
+  acquire: string[];
+  release: string[];
+}
+
+// Lock keys repeat (one per resource), so their sibling keys are built once; a bound keeps a
+// stream of one-off keys from growing the cache without end.
+const MAX_CACHED_PLANS = 10_000;
+
 /** Redis (standalone, Sentinel or Cluster) lock store; one round trip per operation. */
 export class RedisLockBackend implements LockBackend {
   readonly kind = 'redis';
   private readonly logger = new Logger('RedisLockBackend');
   private subscriber?: RedisConnection;
   private readonly listeners = new Set<(key: string | null) => void>();
+  private readonly plans = new Map<string, SingleKeyPlan>();
 
   constructor(
     private readonly redis: RedisConnection,
@@ -56,17 +68,23 @@ export class RedisLockBackend implements LockBackend {
     keys: string[],
     token: string,
     ttlMs: number,
-    holder: LockHolder,
+    holder: EncodedHolder,
     waitMode: WaitMode,
   ): Promise<AttemptResult> {
     this.assertSameSlot(keys);
-    const reply = (await this.run(
-      SCRIPTS.acquire,
-      keys[0],
-      [...keys, ...keys.map(fenceKey), ...keys.map(waitersKey)],
-      [encodeLockValue(token, holder), ttlMs, waitMode],
-    )) as number[];
-    return toAttempt(reply);
+    const scriptKeys =
+      keys.length === 1
+        ? this.plan(keys[0]).acquire
+        : [...keys, ...keys.map(fenceKey), ...keys.map(waitersKey)];
+    // Awaited here rather than through run(): on the hot path, one async layer less.
+    try {
+      const value = encodeLockValue(token, holder);
+      return toAttempt(
+        (await SCRIPTS.acquire.run(this.redis, scriptKeys, [value, ttlMs, waitMode])) as number[],
+      );
+    } catch (error) {
+      throw new LockBackendError(keys[0], error);
+    }
   }
 
   async leaveWait(keys: string[]): Promise<void> {
@@ -77,7 +95,7 @@ export class RedisLockBackend implements LockBackend {
     key: string,
     token: string,
     ttlMs: number,
-    holder: LockHolder,
+    holder: EncodedHolder,
     staleMs: number,
   ): Promise<AttemptResult> {
     const keys = [
@@ -110,12 +128,16 @@ export class RedisLockBackend implements LockBackend {
   }
 
   async release(keys: string[], token: string): Promise<number> {
-    return (await this.run(
-      SCRIPTS.release,
-      keys[0],
-      [...keys, ...keys.map(waitersKey), ...keys.map(queueKey)],
-      [`${token}:`, this.releaseChannel],
-    )) as number;
+    const scriptKeys =
+      keys.length === 1
+        ? this.plan(keys[0]).release
+        : [...keys, ...keys.map(waitersKey), ...keys.map(queueKey)];
+    try {
+      const argv = [`${token}:`, this.releaseChannel];
+      return (await SCRIPTS.release.run(this.redis, scriptKeys, argv)) as number;
+    } catch (error) {
+      throw new LockBackendError(keys[0], error);
+    }
   }
 
   async status(key: string): Promise<LockStatus> {
@@ -193,6 +215,19 @@ export class RedisLockBackend implements LockBackend {
     for (const listener of this.listeners) listener(key);
   }
 
+  private plan(key: string): SingleKeyPlan {
+    let plan = this.plans.get(key);
+    if (!plan) {
+      if (this.plans.size >= MAX_CACHED_PLANS) this.plans.clear();
+      plan = {
+        acquire: [key, fenceKey(key), waitersKey(key)],
+        release: [key, waitersKey(key), queueKey(key)],
+      };
+      this.plans.set(key, plan);
+    }
+    return plan;
+  }
+
   private assertSameSlot(keys: string[]): void {
     if (keys.length < 2 || !(this.redis instanceof Cluster)) return;
     const slot = calculateSlot(keys[0]);
@@ -218,8 +253,9 @@ export class RedisLockBackend implements LockBackend {
   }
 }
 
+/** Integer replies arrive as numbers. */
 function toAttempt(reply: number[]): AttemptResult {
-  if (reply[0] === 1) return { acquired: true, fences: reply.slice(1).map(Number) };
+  if (reply[0] === 1) return { acquired: true, fences: reply.slice(1) };
   const ttl = Number(reply[1]);
   return { acquired: false, holderTtlMs: ttl >= 0 ? ttl : null };
 }

@@ -285,7 +285,7 @@ describe.each<BackendKind>(['redis', 'memory'])('LockService contract (%s backen
   });
 });
 
-const ghostHolder = { instanceId: 'ghost', pid: 0, acquiredAt: 0 };
+const ghostHolder = JSON.stringify({ instanceId: 'ghost', pid: 0, acquiredAt: 0 });
 
 function activeTimers(): number {
   return process.getActiveResourcesInfo().filter((resource) => resource === 'Timeout').length;

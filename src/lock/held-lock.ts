@@ -4,8 +4,11 @@ import { LockLostError } from './lock.errors';
 import { LockHandle, MultiLockHandle } from './lock.types';
 
 export interface HeldLockHooks {
-  /** Called once when the handle stops being held: released (lost=false) or lost (lost=true). */
-  settled(lock: HeldLock, lost: boolean): void;
+  /**
+   * Called once when the handle stops being held: released (lost=false) or lost (lost=true),
+   * at `now` (performance.now()).
+   */
+  settled(lock: HeldLock, lost: boolean, now: number): void;
   renewalFailed(lock: HeldLock, error: unknown): void;
 }
 
@@ -20,7 +23,6 @@ export interface HeldLockHooks {
  * at the exact moment be observed.
  */
 export class HeldLock implements LockHandle, MultiLockHandle {
-  readonly acquiredAt = performance.now();
   // Created on first use: most holders never look at their signal.
   private controller?: AbortController;
   private lostReason?: LockLostError;
@@ -42,6 +44,8 @@ export class HeldLock implements LockHandle, MultiLockHandle {
     renew: boolean,
     /** The operation that took the lock, for metrics. */
     readonly operation: string,
+    /** performance.now() when it was granted. */
+    readonly acquiredAt: number,
   ) {
     this.deadline = leaseStartedAt + ttlMs;
     if (renew) {
@@ -97,18 +101,19 @@ export class HeldLock implements LockHandle, MultiLockHandle {
   async release(): Promise<boolean> {
     if (this.state === 'released') return false;
     // Held past its lease: counted as lost, but the compare-and-delete below still runs.
-    const wasHeld = this.checkExpiry();
+    const now = performance.now();
+    const wasHeld = this.checkExpiry(now);
     this.state = 'released';
     if (this.renewTimer || this.expiryTimer) this.stopTimers();
-    if (wasHeld) this.hooks.settled(this, false);
+    if (wasHeld) this.hooks.settled(this, false, now);
     // Compare-and-delete: a no-op if the lease already passed to someone else.
     return (await this.backend.release(this.keys as string[], this.token)) > 0;
   }
 
   /** True while held; marks the lease lost once its local deadline (less a margin) has passed. */
-  checkExpiry(): boolean {
+  checkExpiry(now = performance.now()): boolean {
     if (this.state !== 'held') return false;
-    if (performance.now() < this.deadline - this.margin()) return true;
+    if (now < this.deadline - this.margin()) return true;
     this.lose('the lease could not be renewed before it expired');
     return false;
   }
@@ -163,7 +168,7 @@ export class HeldLock implements LockHandle, MultiLockHandle {
     this.state = 'lost';
     this.stopTimers();
     this.logger.warn(`lock ${this.keys.join(', ')} lost: ${reason}`);
-    this.hooks.settled(this, true);
+    this.hooks.settled(this, true, performance.now());
     this.lostReason = new LockLostError(this.key, reason);
     this.controller?.abort(this.lostReason);
   }

@@ -78,11 +78,11 @@ export class LockService implements OnModuleDestroy {
       options.instanceId ?? `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
     this.holders = new HolderEncoder(this.instanceId, process.pid);
     this.hooks = {
-      settled: (lock, lost) => {
+      settled: (lock, lost, now) => {
         this.held.delete(lock);
         const metrics = this.metrics.of(lock.operation);
         if (lost) metrics.lost++;
-        metrics.holdSeconds.observe((performance.now() - lock.acquiredAt) / 1000);
+        metrics.holdSeconds.observe((now - lock.acquiredAt) / 1000);
       },
       renewalFailed: (lock, error) => {
         this.metrics.of(lock.operation).errors++;
@@ -237,6 +237,7 @@ export class LockService implements OnModuleDestroy {
         }
         if (result.acquired) {
           waiting = false;
+          const grantedAt = performance.now();
           const lock = new HeldLock(
             this.backend,
             this.hooks,
@@ -248,10 +249,11 @@ export class LockService implements OnModuleDestroy {
             leaseStartedAt,
             request.renew ?? mode.renewByDefault,
             operation,
+            grantedAt,
           );
           this.held.add(lock);
           metrics.acquired++;
-          metrics.waitSeconds.observe((performance.now() - started) / 1000);
+          metrics.waitSeconds.observe((grantedAt - started) / 1000);
           return lock;
         }
         waiting = waitMode !== 'none';

@@ -80,7 +80,8 @@ export class RedisLockBackend implements LockBackend {
     try {
       const value = encodeLockValue(token, holder);
       return toAttempt(
-        (await SCRIPTS.acquire.run(this.redis, scriptKeys, [value, ttlMs, waitMode])) as number[],
+        (await SCRIPTS.acquire.run(this.redis, scriptKeys, [value, ttlMs, waitMode])) as
+          number | number[],
       );
     } catch (error) {
       throw new LockBackendError(keys[0], error);
@@ -253,8 +254,13 @@ export class RedisLockBackend implements LockBackend {
   }
 }
 
-/** Integer replies arrive as numbers. */
-function toAttempt(reply: number[]): AttemptResult {
+/** Decodes the acquire scripts' replies (see ACQUIRE); integer replies arrive as numbers. */
+function toAttempt(reply: number | number[]): AttemptResult {
+  if (typeof reply === 'number') {
+    if (reply > 0) return { acquired: true, fences: [reply] };
+    const ttl = -3 - reply;
+    return { acquired: false, holderTtlMs: ttl >= 0 ? ttl : null };
+  }
   if (reply[0] === 1) return { acquired: true, fences: reply.slice(1) };
   const ttl = Number(reply[1]);
   return { acquired: false, holderTtlMs: ttl >= 0 ? ttl : null };

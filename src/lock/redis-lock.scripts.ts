@@ -10,7 +10,9 @@
  * KEYS[1..N] lock keys, KEYS[N+1..2N] fence counters, KEYS[2N+1..3N] waiter counters.
  * ARGV[1] lock value, ARGV[2] ttl in ms, ARGV[3] wait mode: 'none' (will not wait), 'join'
  * (will wait: count me on failure), 'stay' (already counted: uncount me on success).
- * Returns {1, fence1, ..., fenceN} when taken, else {0, pttl of the first taken key}.
+ * Returns {1, fence1, ..., fenceN} when taken, else {0, pttl of the first taken key}; for one
+ * key a bare integer, which the client decodes without building arrays: the fence (>= 1) when
+ * taken, else -3 - pttl (<= -1, as pttl >= -2).
  */
 export const ACQUIRE = `
 local n = #KEYS / 3
@@ -30,7 +32,9 @@ if taken then
       redis.call('PEXPIRE', KEYS[2 * n + i], 60000)
     end
   end
-  return {0, redis.call('PTTL', KEYS[taken])}
+  local ttl = redis.call('PTTL', KEYS[taken])
+  if n == 1 then return -3 - ttl end
+  return {0, ttl}
 end
 local result = {1}
 for i = 1, n do
@@ -40,6 +44,7 @@ for i = 1, n do
     redis.call('DEL', KEYS[2 * n + i])
   end
 end
+if n == 1 then return result[2] end
 return result
 `;
 

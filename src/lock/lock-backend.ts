@@ -1,8 +1,5 @@
 import { ForceReleaseResult, LockHolder, LockStatus } from './lock.types';
 
-/** How an attempt relates to waiting: see LockBackend.tryAcquire. */
-export type WaitMode = 'none' | 'join' | 'stay';
-
 /** Outcome of one attempt: the fences of the keys taken, or the holder's remaining lease. */
 export type AttemptResult =
   { acquired: true; fences: number[] } | { acquired: false; holderTtlMs: number | null };
@@ -15,20 +12,16 @@ export interface LockBackend {
   readonly kind: 'redis' | 'memory';
 
   /**
-   * Takes every key (all or none) for `ttlMs`, bumping each key's fence. `waitMode` registers
-   * the caller as a waiter on failure (`join`), or unregisters it on success (`stay`), so that
-   * releases are announced only when someone waits.
+   * Takes every key (all or none) for `ttlMs`, bumping each key's fence. A caller that
+   * `willWait` on failure asks to be woken when the lock that stopped it is released.
    */
   tryAcquire(
     keys: string[],
     token: string,
     ttlMs: number,
     holder: EncodedHolder,
-    waitMode: WaitMode,
+    willWait: boolean,
   ): Promise<AttemptResult>;
-
-  /** Unregisters a waiter that gave up. */
-  leaveWait(keys: string[]): Promise<void>;
 
   /**
    * Fair variant for one key: joins the key's ticket queue (once) and takes the lock only when
@@ -107,8 +100,10 @@ export class HolderEncoder {
 export function decodeLockValue(value: string | null): LockHolder | null {
   if (value === null) return null;
   const separator = value.indexOf(':');
+  // A trailing `!` marks a lock whose release waiters asked to hear of (see the Redis scripts).
+  const end = value.endsWith('!') ? -1 : undefined;
   try {
-    return JSON.parse(value.slice(separator + 1)) as LockHolder;
+    return JSON.parse(value.slice(separator + 1, end)) as LockHolder;
   } catch {
     return null;
   }

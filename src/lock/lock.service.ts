@@ -5,7 +5,7 @@ import { Inject, Injectable, Logger, OnModuleDestroy } from '@nestjs/common';
 import { KeyedWakeups, Wakeable } from '../common/keyed-wakeups';
 import { definedOnly } from '../common/objects';
 import { HeldLock, HeldLockHooks } from './held-lock';
-import { AttemptResult, HolderEncoder, LockBackend, WaitMode } from './lock-backend';
+import { AttemptResult, HolderEncoder, LockBackend } from './lock-backend';
 import { LOCK_BACKEND } from './lock.constants';
 import { LockBackendError, LockNotAcquiredError } from './lock.errors';
 import { assertLockKey } from './lock-keys';
@@ -216,19 +216,18 @@ export class LockService implements OnModuleDestroy {
     const started = performance.now();
     const deadline = started + waitMs;
     metrics.attempts++;
-    // Registered (counted in Redis, woken locally) from the first conflict on, so an
-    // uncontended acquire costs one round trip and its release publishes nothing.
-    let waiting = false;
+    // A caller that will wait asks the backend to announce the release of the lock in its way
+    // (a fair waiter is always announced); it listens for it from its first conflict on.
+    const willWait = !fair && waitMs > 0;
     let wake: Wakeable | undefined;
     try {
       for (let attempt = 0; ; attempt++) {
         const leaseStartedAt = attempt === 0 ? started : performance.now();
-        const waitMode: WaitMode = fair || waitMs === 0 ? 'none' : waiting ? 'stay' : 'join';
         let result: AttemptResult;
         try {
           result = await (fair
             ? this.backend.tryAcquireFair(keys[0], token, ttlMs, holder, this.settings.fairStaleMs)
-            : this.backend.tryAcquire(keys, token, ttlMs, holder, waitMode));
+            : this.backend.tryAcquire(keys, token, ttlMs, holder, willWait));
         } catch (error) {
           metrics.errors++;
           throw error instanceof LockBackendError
@@ -236,7 +235,6 @@ export class LockService implements OnModuleDestroy {
             : new LockBackendError(keys.join(', '), error);
         }
         if (result.acquired) {
-          waiting = false;
           const grantedAt = performance.now();
           const lock = new HeldLock(
             this.backend,
@@ -256,12 +254,10 @@ export class LockService implements OnModuleDestroy {
           metrics.waitSeconds.observe((grantedAt - started) / 1000);
           return lock;
         }
-        waiting = waitMode !== 'none';
         metrics.conflicts++;
         const left = deadline - performance.now();
         if (left <= 0) {
-          await this.stopWaiting(keys, token, fair, waiting);
-          waiting = false;
+          if (fair) await this.leaveQueue(keys[0], token);
           if (!mode.waits) return null;
           metrics.timeouts++;
           throw new LockNotAcquiredError(
@@ -279,7 +275,7 @@ export class LockService implements OnModuleDestroy {
         await wake.sleep(Math.min(delay, left), request.signal);
       }
     } catch (error) {
-      await this.stopWaiting(keys, token, fair, waiting);
+      if (fair) await this.leaveQueue(keys[0], token);
       throw error;
     } finally {
       wake?.dispose();
@@ -295,10 +291,9 @@ export class LockService implements OnModuleDestroy {
     }
   }
 
-  /** Best effort: a waiter that is not uncounted only causes spare wake-ups until expiry. */
-  private async stopWaiting(keys: string[], token: string, fair: boolean, waiting: boolean) {
-    if (fair) await this.backend.leaveQueue(keys[0], token).catch(() => undefined);
-    if (waiting) await this.backend.leaveWait(keys).catch(() => undefined);
+  /** Best effort: a fair waiter left in the queue is skipped once it has not been seen for a while. */
+  private async leaveQueue(key: string, token: string): Promise<void> {
+    await this.backend.leaveQueue(key, token).catch(() => undefined);
   }
 
   /** Full-jitter exponential backoff: uniform in [0.5, 1] × min(max, base × 2^attempt). */

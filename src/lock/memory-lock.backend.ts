@@ -2,7 +2,6 @@ import {
   AttemptResult,
   EncodedHolder,
   LockBackend,
-  WaitMode,
   decodeLockValue,
   encodeLockValue,
 } from './lock-backend';
@@ -34,7 +33,7 @@ export class MemoryLockBackend implements LockBackend {
     token: string,
     ttlMs: number,
     holder: EncodedHolder,
-    _waitMode: WaitMode,
+    _willWait: boolean,
   ): Promise<AttemptResult> {
     for (const key of keys) {
       const entry = this.live(key);
@@ -67,11 +66,6 @@ export class MemoryLockBackend implements LockBackend {
     queue.shift();
     if (queue.length === 0) this.queues.delete(key);
     return Promise.resolve({ acquired: true, fences: [this.take(key, token, ttlMs, holder)] });
-  }
-
-  /** Releases are always announced here (in-process, free): no waiter count to keep. */
-  leaveWait(_keys: string[]): Promise<void> {
-    return Promise.resolve();
   }
 
   leaveQueue(key: string, token: string): Promise<void> {

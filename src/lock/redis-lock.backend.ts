@@ -7,7 +7,6 @@ import {
   AttemptResult,
   EncodedHolder,
   LockBackend,
-  WaitMode,
   decodeLockValue,
   encodeLockValue,
 } from './lock-backend';
@@ -20,7 +19,6 @@ import {
   EXTEND,
   FORCE_RELEASE,
   LEAVE_QUEUE,
-  LEAVE_WAIT,
   RELEASE,
 } from './redis-lock.scripts';
 
@@ -29,7 +27,6 @@ export type RedisConnection = Redis | Cluster;
 const SCRIPTS = {
   acquire: new LuaScript(ACQUIRE),
   acquireFair: new LuaScript(ACQUIRE_FAIR),
-  leaveWait: new LuaScript(LEAVE_WAIT),
   leaveQueue: new LuaScript(LEAVE_QUEUE),
   extend: new LuaScript(EXTEND),
   release: new LuaScript(RELEASE),
@@ -37,18 +34,11 @@ const SCRIPTS = {
 };
 
 const fenceKey = (key: string) => siblingKey(key, 'fence');
-const waitersKey = (key: string) => siblingKey(key, 'waiters');
 const queueKey = (key: string) => siblingKey(key, 'queue');
 
-/** The keys the acquire and release scripts touch for one lock key. */
-interface SingleKeyPlan {
-  acquire: string[];
-  release: string[];
-}
-
-// Lock keys repeat (one per resource), so their sibling keys are built once; a bound keeps a
-// stream of one-off keys from growing the cache without end.
-const MAX_CACHED_PLANS = 10_000;
+// Lock keys repeat (one per resource), so the acquire script's keys are built once per lock
+// key; a bound keeps a stream of one-off keys from growing the cache without end.
+const MAX_CACHED_KEY_SETS = 10_000;
 
 /** Redis (standalone, Sentinel or Cluster) lock store; one round trip per operation. */
 export class RedisLockBackend implements LockBackend {
@@ -56,7 +46,7 @@ export class RedisLockBackend implements LockBackend {
   private readonly logger = new Logger('RedisLockBackend');
   private subscriber?: RedisConnection;
   private readonly listeners = new Set<(key: string | null) => void>();
-  private readonly plans = new Map<string, SingleKeyPlan>();
+  private readonly acquireKeySets = new Map<string, string[]>();
 
   constructor(
     private readonly redis: RedisConnection,
@@ -69,27 +59,24 @@ export class RedisLockBackend implements LockBackend {
     token: string,
     ttlMs: number,
     holder: EncodedHolder,
-    waitMode: WaitMode,
+    willWait: boolean,
   ): Promise<AttemptResult> {
     this.assertSameSlot(keys);
     const scriptKeys =
-      keys.length === 1
-        ? this.plan(keys[0]).acquire
-        : [...keys, ...keys.map(fenceKey), ...keys.map(waitersKey)];
+      keys.length === 1 ? this.acquireKeysOf(keys[0]) : [...keys, ...keys.map(fenceKey)];
     // Awaited here rather than through run(): on the hot path, one async layer less.
     try {
       const value = encodeLockValue(token, holder);
       return toAttempt(
-        (await SCRIPTS.acquire.run(this.redis, scriptKeys, [value, ttlMs, waitMode])) as
-          number | number[],
+        (await SCRIPTS.acquire.run(this.redis, scriptKeys, [
+          value,
+          ttlMs,
+          willWait ? '1' : '0',
+        ])) as number | number[],
       );
     } catch (error) {
       throw new LockBackendError(keys[0], error);
     }
-  }
-
-  async leaveWait(keys: string[]): Promise<void> {
-    await this.run(SCRIPTS.leaveWait, keys[0], keys.map(waitersKey), []);
   }
 
   async tryAcquireFair(
@@ -116,12 +103,7 @@ export class RedisLockBackend implements LockBackend {
   }
 
   async leaveQueue(key: string, token: string): Promise<void> {
-    await this.run(
-      SCRIPTS.leaveQueue,
-      key,
-      [siblingKey(key, 'queue'), siblingKey(key, 'seen')],
-      [token],
-    );
+    await this.run(SCRIPTS.leaveQueue, key, [queueKey(key), siblingKey(key, 'seen')], [token]);
   }
 
   async extend(keys: string[], token: string, ttlMs: number): Promise<boolean> {
@@ -129,13 +111,9 @@ export class RedisLockBackend implements LockBackend {
   }
 
   async release(keys: string[], token: string): Promise<number> {
-    const scriptKeys =
-      keys.length === 1
-        ? this.plan(keys[0]).release
-        : [...keys, ...keys.map(waitersKey), ...keys.map(queueKey)];
     try {
       const argv = [`${token}:`, this.releaseChannel];
-      return (await SCRIPTS.release.run(this.redis, scriptKeys, argv)) as number;
+      return (await SCRIPTS.release.run(this.redis, keys, argv)) as number;
     } catch (error) {
       throw new LockBackendError(keys[0], error);
     }
@@ -216,17 +194,14 @@ export class RedisLockBackend implements LockBackend {
     for (const listener of this.listeners) listener(key);
   }
 
-  private plan(key: string): SingleKeyPlan {
-    let plan = this.plans.get(key);
-    if (!plan) {
-      if (this.plans.size >= MAX_CACHED_PLANS) this.plans.clear();
-      plan = {
-        acquire: [key, fenceKey(key), waitersKey(key)],
-        release: [key, waitersKey(key), queueKey(key)],
-      };
-      this.plans.set(key, plan);
+  private acquireKeysOf(key: string): string[] {
+    let keys = this.acquireKeySets.get(key);
+    if (!keys) {
+      if (this.acquireKeySets.size >= MAX_CACHED_KEY_SETS) this.acquireKeySets.clear();
+      keys = [key, fenceKey(key)];
+      this.acquireKeySets.set(key, keys);
     }
-    return plan;
+    return keys;
   }
 
   private assertSameSlot(keys: string[]): void {

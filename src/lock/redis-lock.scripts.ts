@@ -1,21 +1,22 @@
 /**
  * Lua scripts of RedisLockBackend. Each runs atomically on the server; every key one script
  * touches shares a hash tag with its lock key (see siblingKey), so they work on Redis Cluster.
- * Lock values are `<token>:<holder JSON>`; ownership is a prefix match on `<token>:`.
+ * Lock values are `<token>:<holder JSON>`, with a trailing `!` once a waiter has asked for a
+ * wake-up; ownership is a prefix match on `<token>:`.
  */
 
 /**
- * Takes N locks, all or none, and bumps each one's fence. Waiters register in a counter per key
- * so that releases announce themselves only when someone listens.
- * KEYS[1..N] lock keys, KEYS[N+1..2N] fence counters, KEYS[2N+1..3N] waiter counters.
- * ARGV[1] lock value, ARGV[2] ttl in ms, ARGV[3] wait mode: 'none' (will not wait), 'join'
- * (will wait: count me on failure), 'stay' (already counted: uncount me on success).
+ * Takes N locks, all or none, and bumps each one's fence. A caller that will wait marks the
+ * value of the lock that stopped it (a trailing `!`), so that its release announces itself:
+ * an uncontended release publishes nothing, and nobody has to keep a count of waiters.
+ * KEYS[1..N] lock keys, KEYS[N+1..2N] fence counters.
+ * ARGV[1] lock value, ARGV[2] ttl in ms, ARGV[3] '1' if the caller will wait, else '0'.
  * Returns {1, fence1, ..., fenceN} when taken, else {0, pttl of the first taken key}; for one
  * key a bare integer, which the client decodes without building arrays: the fence (>= 1) when
  * taken, else -3 - pttl (<= -1, as pttl >= -2).
  */
 export const ACQUIRE = `
-local n = #KEYS / 3
+local n = #KEYS / 2
 local taken = nil
 if n == 1 then
   -- The common case in one command: SET NX both tests and takes.
@@ -26,11 +27,9 @@ else
   end
 end
 if taken then
-  if ARGV[3] ~= 'none' then
-    for i = 1, n do
-      if ARGV[3] == 'join' then redis.call('INCR', KEYS[2 * n + i]) end
-      redis.call('PEXPIRE', KEYS[2 * n + i], 60000)
-    end
+  if ARGV[3] == '1' then
+    local value = redis.call('GET', KEYS[taken])
+    if string.byte(value, -1) ~= 33 then redis.call('APPEND', KEYS[taken], '!') end
   end
   local ttl = redis.call('PTTL', KEYS[taken])
   if n == 1 then return -3 - ttl end
@@ -40,22 +39,9 @@ local result = {1}
 for i = 1, n do
   if n > 1 then redis.call('SET', KEYS[i], ARGV[1], 'PX', ARGV[2]) end
   result[i + 1] = redis.call('INCR', KEYS[n + i])
-  if ARGV[3] == 'stay' and redis.call('DECR', KEYS[2 * n + i]) <= 0 then
-    redis.call('DEL', KEYS[2 * n + i])
-  end
 end
 if n == 1 then return result[2] end
 return result
-`;
-
-/**
- * Uncounts a waiter that gave up. KEYS[1..N] waiter counters.
- */
-export const LEAVE_WAIT = `
-for i = 1, #KEYS do
-  if redis.call('DECR', KEYS[i]) <= 0 then redis.call('DEL', KEYS[i]) end
-end
-return 1
 `;
 
 /**
@@ -63,9 +49,16 @@ return 1
  * KEYS[1] lock, KEYS[2] fence counter, KEYS[3] queue (zset token -> ticket),
  * KEYS[4] last-seen times (hash token -> ms), KEYS[5] ticket counter.
  * ARGV[1] lock value, ARGV[2] ttl in ms, ARGV[3] waiter token, ARGV[4] stale-after ms.
+ * A waiter turned away marks the holder's value, as in ACQUIRE; a waiter that takes the lock
+ * with others still queued marks its own, so its release wakes them.
  * Returns {1, fence} when taken, else {0, pttl of the holder (-2 if none)}.
  */
 export const ACQUIRE_FAIR = `
+local function turned_away()
+  local value = redis.call('GET', KEYS[1])
+  if value and string.byte(value, -1) ~= 33 then redis.call('APPEND', KEYS[1], '!') end
+  return {0, redis.call('PTTL', KEYS[1])}
+end
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local token, stale = ARGV[3], tonumber(ARGV[4])
@@ -81,17 +74,16 @@ while true do
   local head = redis.call('ZRANGE', KEYS[3], 0, 0)[1]
   if head == token then break end
   local seen = tonumber(redis.call('HGET', KEYS[4], head) or '0')
-  if now - seen <= stale then
-    return {0, redis.call('PTTL', KEYS[1])}
-  end
+  if now - seen <= stale then return turned_away() end
   redis.call('ZREM', KEYS[3], head)
   redis.call('HDEL', KEYS[4], head)
 end
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return {0, redis.call('PTTL', KEYS[1])}
-end
+if redis.call('EXISTS', KEYS[1]) == 1 then return turned_away() end
 redis.call('ZREM', KEYS[3], token)
 redis.call('HDEL', KEYS[4], token)
+local value = ARGV[1]
+if redis.call('ZCARD', KEYS[3]) > 0 then value = value .. '!' end
+redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
 return {1, redis.call('INCR', KEYS[2])}
 `;
 
@@ -120,23 +112,19 @@ return 1
 `;
 
 /**
- * Compare-and-delete of the locks still held by the owner, then a wake-up for waiters, if any
- * (counted waiters or a fair queue): an uncontended release publishes nothing.
- * KEYS[1..N] lock keys, KEYS[N+1..2N] waiter counters, KEYS[2N+1..3N] fair queues.
- * ARGV[1] `<token>:`, ARGV[2] release channel.
+ * Compare-and-delete of the locks still held by the owner, announcing each one a waiter has
+ * marked (see ACQUIRE).
+ * KEYS[1..N] lock keys. ARGV[1] `<token>:`, ARGV[2] release channel.
  * Returns the number of keys removed.
  */
 export const RELEASE = `
-local n = #KEYS / 3
 local released = 0
-for i = 1, n do
+for i = 1, #KEYS do
   local value = redis.call('GET', KEYS[i])
   if value and string.sub(value, 1, #ARGV[1]) == ARGV[1] then
     redis.call('DEL', KEYS[i])
     released = released + 1
-    if redis.call('EXISTS', KEYS[n + i], KEYS[2 * n + i]) > 0 then
-      redis.call('PUBLISH', ARGV[2], KEYS[i])
-    end
+    if string.byte(value, -1) == 33 then redis.call('PUBLISH', ARGV[2], KEYS[i]) end
   end
 end
 return released

@@ -57,11 +57,7 @@ describe('locks across OS processes (real Redis, real Postgres)', () => {
   });
 
   afterAll(async () => {
-    const keys = lockKeys.flatMap((key) => [
-      key,
-      siblingKey(key, 'fence'),
-      siblingKey(key, 'waiters'),
-    ]);
+    const keys = lockKeys.flatMap((key) => [key, siblingKey(key, 'fence')]);
     if (keys.length > 0) await redis.del(...keys, ...dataKeys);
     await pool.query('DELETE FROM lock_fences WHERE lock_key = ANY($1)', [lockKeys]);
     await pool.query(`DELETE FROM ${WRITES} WHERE lock_key = ANY($1)`, [lockKeys]);

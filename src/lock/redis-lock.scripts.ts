@@ -29,6 +29,7 @@ end
 if taken then
   if ARGV[3] == '1' then
     local value = redis.call('GET', KEYS[taken])
+    -- 33 is '!': marked once, however often waiters are turned away.
     if string.byte(value, -1) ~= 33 then redis.call('APPEND', KEYS[taken], '!') end
   end
   local ttl = redis.call('PTTL', KEYS[taken])
@@ -124,6 +125,7 @@ for i = 1, #KEYS do
   if value and string.sub(value, 1, #ARGV[1]) == ARGV[1] then
     redis.call('DEL', KEYS[i])
     released = released + 1
+    -- 33 is '!', the waiters' mark.
     if string.byte(value, -1) == 33 then redis.call('PUBLISH', ARGV[2], KEYS[i]) end
   end
 end

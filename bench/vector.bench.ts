@@ -246,7 +246,8 @@ async function main() {
   }
   const httpQps = median(httpRuns.map((r) => r.qps));
   const sqlQps = median(sqlRuns.map((r) => r.qps));
-  const searchRatio = median(httpRuns.map((run, round) => run.qps / sqlRuns[round].qps));
+  const searchRatios = httpRuns.map((run, round) => run.qps / sqlRuns[round].qps);
+  const searchRatio = median(searchRatios);
   const exact = await exactNeighbours(databaseUrl, active, queryTexts);
   const recallOf = (results: string[][]) => recall(results, exact, vectors, queries);
   report.push([
@@ -289,6 +290,9 @@ async function main() {
   console.log(table(['measure', 'service', 'raw SQL', 'ratio', 'target', 'verdict'], report));
   console.log(
     `\nraw re-insert measured on ${reinserted} rows in 20 s at most, extrapolated to ${ROWS}`,
+  );
+  console.log(
+    `search ratio per paired round: ${searchRatios.map((ratio) => ratio.toFixed(2)).join(', ')}`,
   );
 
   await service2.stop();

@@ -257,9 +257,12 @@ export class LockService implements OnModuleDestroy {
         metrics.conflicts++;
         const left = deadline - performance.now();
         if (left <= 0) {
-          if (fair) await this.leaveQueue(keys[0], token);
-          if (!mode.waits) return null;
+          if (!mode.waits) {
+            if (fair) await this.leaveQueue(keys[0], token);
+            return null;
+          }
           metrics.timeouts++;
+          // Thrown inside the try: the catch below leaves the fair queue.
           throw new LockNotAcquiredError(
             keys.join(', '),
             Math.round(performance.now() - started),

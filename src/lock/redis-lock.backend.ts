@@ -111,6 +111,7 @@ export class RedisLockBackend implements LockBackend {
   }
 
   async release(keys: string[], token: string): Promise<number> {
+    // Awaited here rather than through run(), as in tryAcquire.
     try {
       const argv = [`${token}:`, this.releaseChannel];
       return (await SCRIPTS.release.run(this.redis, keys, argv)) as number;

@@ -2,7 +2,8 @@
  * Vector benchmark, the service over HTTP side by side with raw SQL on the same machine:
  * batch-upsert rows/s, rebuild time of 100k × 384, search QPS and recall@10 (vs exact search).
  * Uses its own database (vector_bench, cloned from vector_template) and clustered vectors.
- *   npm run bench:vector      (BENCH_ROWS=100000, BENCH_SEARCH_ROUNDS=7 pairs of BENCH_SEARCH_SECONDS=3)
+ *   npm run bench:vector      (BENCH_ROWS=100000, BENCH_SEARCH_ROUNDS=7 pairs of BENCH_SEARCH_SECONDS=3,
+ *                              each after BENCH_SEARCH_SETTLE_SECONDS=3 of unmeasured load)
  */
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
@@ -27,6 +28,7 @@ const SEARCH_CONCURRENCY = 8;
 const CLOCK_TICKS_PER_SECOND = 100;
 const SEARCH_SECONDS = Number(process.env.BENCH_SEARCH_SECONDS ?? 3);
 const SEARCH_ROUNDS = Number(process.env.BENCH_SEARCH_ROUNDS ?? 7);
+const SEARCH_SETTLE_SECONDS = Number(process.env.BENCH_SEARCH_SETTLE_SECONDS ?? 3);
 
 /** mulberry32: a seeded 32-bit generator (integer arithmetic, so its period is the full 2^32). */
 function seeded(seed: number): () => number {
@@ -226,16 +228,27 @@ async function main() {
     searchPool
       .query<{ obj_ref: string }>(searchSql, [queryTexts[index], 10])
       .then(({ rows }) => rows.map((row) => row.obj_ref));
-  // Warm-up long enough for the service's JIT to settle (a pass over the queries was not).
-  await load(viaHttp, queries.length, 4);
+  // Warm-up long enough for the service's JIT to settle: its CPU per search keeps falling for
+  // about 8 s of load after a start or a rebuild (2.6 ms in the first 2 s, 0.6 ms after 8 s).
+  await load(viaHttp, queries.length, 10);
   await load(viaSql, queries.length, 2);
   const httpRuns: Awaited<ReturnType<typeof load>>[] = [];
   const sqlRuns: Awaited<ReturnType<typeof load>>[] = [];
   // Short rounds in pairs, each side going first in turn: this machine's speed drifts, and a
   // ratio taken within a pair holds up where one of medians taken far apart does not.
+  // Each measured round follows SEARCH_SETTLE_SECONDS of the same side's load, unmeasured: after
+  // a switch, whichever side starts runs 10–40% slow for 2–4 s, even raw SQL after raw SQL on a
+  // second pool (seen in 2 s blocks). Unsettled, the second side of every pair measured that
+  // ramp, and the ratios alternated with the order (about 0.93 with HTTP first, 0.72 with SQL).
   for (let round = 0; round < SEARCH_ROUNDS; round++) {
-    const http = () => load(viaHttp, queries.length, SEARCH_SECONDS, service2.cpuSeconds);
-    const sql = () => load(viaSql, queries.length, SEARCH_SECONDS);
+    const http = async () => {
+      await load(viaHttp, queries.length, SEARCH_SETTLE_SECONDS);
+      return load(viaHttp, queries.length, SEARCH_SECONDS, service2.cpuSeconds);
+    };
+    const sql = async () => {
+      await load(viaSql, queries.length, SEARCH_SETTLE_SECONDS);
+      return load(viaSql, queries.length, SEARCH_SECONDS);
+    };
     if (round % 2 === 0) {
       httpRuns.push(await http());
       sqlRuns.push(await sql());

@@ -240,15 +240,16 @@ async function main() {
   // a switch, whichever side starts runs 10–40% slow for 2–4 s, even raw SQL after raw SQL on a
   // second pool (seen in 2 s blocks). Unsettled, the second side of every pair measured that
   // ramp, and the ratios alternated with the order (about 0.93 with HTTP first, 0.72 with SQL).
+  const settledRound = async (
+    one: (index: number) => Promise<string[]>,
+    serviceCpuSeconds?: () => number,
+  ) => {
+    await load(one, queries.length, SEARCH_SETTLE_SECONDS);
+    return load(one, queries.length, SEARCH_SECONDS, serviceCpuSeconds);
+  };
+  const http = () => settledRound(viaHttp, service2.cpuSeconds);
+  const sql = () => settledRound(viaSql);
   for (let round = 0; round < SEARCH_ROUNDS; round++) {
-    const http = async () => {
-      await load(viaHttp, queries.length, SEARCH_SETTLE_SECONDS);
-      return load(viaHttp, queries.length, SEARCH_SECONDS, service2.cpuSeconds);
-    };
-    const sql = async () => {
-      await load(viaSql, queries.length, SEARCH_SETTLE_SECONDS);
-      return load(viaSql, queries.length, SEARCH_SECONDS);
-    };
     if (round % 2 === 0) {
       httpRuns.push(await http());
       sqlRuns.push(await sql());

@@ -7,6 +7,7 @@ import {
 } from '../lock';
 import { EmbeddingError } from '../embedding/embedding.types';
 import { IdempotencyBackendError } from '../idempotency/idempotency.errors';
+import { isDatabaseUnavailable, isLockTimeout } from '../database/database-errors';
 
 export interface KnownError {
   status: number;
@@ -44,5 +45,12 @@ export function knownError(error: unknown): KnownError | undefined {
     };
   }
   if (error instanceof InvalidLockKeyError) return { status: 400, detail: error.message };
+  if (isDatabaseUnavailable(error)) {
+    // The transaction was rolled back with the connection: nothing was written.
+    return { status: 503, detail: 'The database is unavailable.', retryAfterSeconds: 1 };
+  }
+  if (isLockTimeout(error)) {
+    return { status: 409, detail: 'The data is busy; try again.', retryAfterSeconds: 1 };
+  }
   return undefined;
 }

@@ -30,6 +30,12 @@ async function createPool(config: AppConfigService): Promise<Pool> {
   });
   // An idle client losing its connection emits 'error' on the pool; unhandled it would crash.
   pool.on('error', (error) => logger.warn(`idle connection error: ${error.message}`));
+  // A checked-out client emits 'error' on itself (a terminated backend, a restart), which pg-pool
+  // does not listen to while the client is lent out: unhandled, it would end the process. The
+  // query in flight fails with the same error (answered 503), and the pool discards the client.
+  pool.on('connect', (client) =>
+    client.on('error', (error) => logger.warn(`connection error: ${error.message}`)),
+  );
   return pool;
 }
 

@@ -7,14 +7,25 @@ export async function withTransaction<T>(
 ): Promise<T> {
   const client = await pool.connect();
   try {
-    await client.query('BEGIN');
+    return await withTransactionOn(client, work);
+  } finally {
+    // A client whose connection broke is not queryable; pg-pool discards it instead of reusing it.
+    client.release();
+  }
+}
+
+/** Runs `work` in a transaction on a connection the caller holds: COMMIT, or ROLLBACK on error. */
+export async function withTransactionOn<T>(
+  client: PoolClient,
+  work: (client: PoolClient) => Promise<T>,
+): Promise<T> {
+  await client.query('BEGIN');
+  try {
     const result = await work(client);
     await client.query('COMMIT');
     return result;
   } catch (error) {
     await client.query('ROLLBACK').catch(() => undefined);
     throw error;
-  } finally {
-    client.release();
   }
 }

@@ -115,6 +115,15 @@ export class IdempotencyService implements OnModuleDestroy {
     return this.store.get(key);
   }
 
+  /**
+   * Deletes the in-progress record of `owner`'s run, known (by the caller) to be dead, so the
+   * next caller leads at once instead of waiting out its lease. Owner-checked: a newer run's
+   * record is left alone. Followers waiting on the key are woken.
+   */
+  abandon(key: string, owner: string): Promise<boolean> {
+    return this.store.abandon(key, owner);
+  }
+
   async onModuleDestroy(): Promise<void> {
     (await this.unsubscribe)?.();
     await this.store.close();

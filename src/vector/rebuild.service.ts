@@ -1,7 +1,11 @@
 import { ConflictException, Inject, Injectable, Logger } from '@nestjs/common';
+import { Pool, PoolClient } from 'pg';
+import { PG_POOL } from '../database/database.constants';
+import { isLockTimeout } from '../database/database-errors';
+import { withTransactionOn } from '../database/transaction';
 import { EMBEDDING_PROVIDER } from '../embedding/embedding.module';
 import { EmbeddingProvider } from '../embedding/embedding.types';
-import { Idempotent, SingleflightOutcome } from '../idempotency';
+import { Idempotent, IdempotencyService, SingleflightOutcome } from '../idempotency';
 import { LockHandle, LockService, PostgresFencing } from '../lock';
 import { IndexMaintenance } from './index-maintenance.service';
 import { NamespaceRepository } from './repositories/namespace.repository';
@@ -18,6 +22,12 @@ export const rebuildIdempotencyKey = (namespace: string) => `idem:vector:rebuild
 
 /** Rows read, re-embedded and bulk-loaded per step. */
 const PAGE_SIZE = 2_000;
+/**
+ * How long dropping a slot's tables may wait for their locks. A rebuild that lost its lock while
+ * paused mid-COPY keeps its staging table locked; its slot is then left for a later cleanup
+ * rather than holding the namespace row (and every upsert) behind it.
+ */
+const DROP_LOCK_TIMEOUT = '2s';
 
 export type RebuildResult = {
   success: true;
@@ -42,6 +52,7 @@ export class RebuildService {
   private readonly fencing = new PostgresFencing();
 
   constructor(
+    @Inject(PG_POOL) private readonly pool: Pool,
     @Inject(EMBEDDING_PROVIDER) private readonly embedder: EmbeddingProvider,
     private readonly tables: VectorTables,
     private readonly settings: VectorSettings,
@@ -51,6 +62,7 @@ export class RebuildService {
     private readonly vectors: VectorService,
     private readonly locks: LockService,
     private readonly indexes: IndexMaintenance,
+    private readonly idempotency: IdempotencyService,
   ) {}
 
   /**
@@ -59,6 +71,7 @@ export class RebuildService {
    */
   async rebuildIndex(namespace: string, force: boolean): Promise<RebuildOutcome> {
     await this.requireNamespace(namespace);
+    await this.takeOverAbandoned(namespace);
     return (await this.rebuildOnce(namespace, force)) as RebuildOutcome;
   }
 
@@ -79,6 +92,7 @@ export class RebuildService {
   /** The seed's context-manager form: the rebuild lock held explicitly through the lock API. */
   async rebuildHoldingLock(namespace: string): Promise<RebuildResult> {
     await this.requireNamespace(namespace);
+    await this.takeOverAbandoned(namespace);
     const lock = await this.locks.acquire(rebuildLockKey(namespace), {
       ttlMs: this.settings.lockTtlMs,
       waitTimeoutMs: this.settings.lockWaitMs,
@@ -109,10 +123,11 @@ export class RebuildService {
           const keep = new Set([row.active_slot]);
           if (keepPrevious && row.previous_slot !== null) keep.add(row.previous_slot);
           const dropped: number[] = [];
+          const busy: number[] = [];
           for (const slot of await this.namespaces.slots(namespace, client)) {
             if (keep.has(slot.slot)) continue;
-            await this.dropSlot(client, slot);
-            dropped.push(slot.slot);
+            const list = (await this.dropSlotIfFree(client, slot)) ? dropped : busy;
+            list.push(slot.slot);
           }
           return {
             success: true as const,
@@ -120,6 +135,7 @@ export class RebuildService {
             active_slot: row.active_slot,
             kept_previous_slot: keepPrevious ? row.previous_slot : null,
             dropped_slots: dropped,
+            busy_slots: busy,
           };
         }),
       {
@@ -132,8 +148,8 @@ export class RebuildService {
 
   /**
    * Makes the previous slot active again. Items upserted since the current slot became active
-   * are carried over first, so no acknowledged upsert is lost; the slots must share model and
-   * dimension (otherwise rebuild instead).
+   * (in the namespace's current epoch) are carried over first, so no acknowledged upsert is
+   * lost; the slots must share model and dimension (otherwise rebuild instead).
    */
   async rollback(namespace: string) {
     await this.requireNamespace(namespace);
@@ -164,12 +180,12 @@ export class RebuildService {
           }
           let carried = 0;
           for (const table of this.tables.names) {
-            carried += await this.items.copyChangedSince(
+            carried += await this.items.copyWrittenSince(
               client,
               table,
               active.id,
               previous.id,
-              active.activated_at!,
+              row.epoch,
             );
           }
           await this.namespaces.activate(client, namespace, previous.slot);
@@ -193,26 +209,36 @@ export class RebuildService {
     if (!(await this.namespaces.find(namespace))) throw unknownNamespace(namespace);
   }
 
-  progress(namespace: string) {
+  async progress(namespace: string) {
     return this.namespaces.latestRebuild(namespace);
   }
 
+  /**
+   * The rebuild proper, under the rebuild lock. Each phase that changes the catalog or the new
+   * slot's rows runs in its own transaction that first checks the lock's fence, so a rebuild
+   * that lost its lease (expired, force-released, a failover) changes nothing once a newer
+   * holder has written; its own clean-up is fenced too, and acts on its slot by id only.
+   *
+   * The rebuild keeps one connection of its own from start to switch. On it, it holds a session
+   * advisory lock on the new slot's id (see REBUILD_SESSION_LOCK) and makes the switch: if the
+   * process dies or the connection is cut, Postgres drops the lock at once, upserts stop writing
+   * the orphan slot, progress reads `abandoned`, and the next rebuild takes over without
+   * waiting for leases to run out.
+   */
   async rebuild(namespace: string, lock: LockHandle): Promise<RebuildResult> {
     const started = performance.now();
-    const current = await this.namespaces.find(namespace);
-    if (!current) throw unknownNamespace(namespace);
-    const source = (await this.namespaces.slot(namespace, current.active_slot))!;
-    const target = await this.beginSlot(namespace, lock);
-    const progressId = await this.namespaces.startRebuild(namespace, target.slot);
+    const session = await this.pool.connect();
+    let begun: BegunRebuild | undefined;
     try {
+      begun = await this.beginSlot(session, namespace, lock);
+      const { source, target, progressId, leftovers } = begun;
+      for (const leftover of leftovers) await this.dropLeftover(leftover, lock);
       const counts = { embedded: 0, reused: 0 };
       let processed = 0;
       const total = await this.countItems(source);
       await this.namespaces.updateRebuild(progressId, { phase: 'loading', total });
       for (const table of this.tables.names) {
-        await this.vectors.transaction((client) =>
-          this.schema.createStaging(client, table, target.id),
-        );
+        await this.fenced(lock, (client) => this.schema.createStaging(client, table, target.id));
         // A table registered after this namespace was created has nothing to carry over.
         const hasSource = await this.schema.slotTableExists(table, source.id);
         for (let after: string | null = null; hasSource;) {
@@ -220,23 +246,31 @@ export class RebuildService {
           const page = await this.items.page(table, source.id, after, PAGE_SIZE);
           if (page.length === 0) break;
           const rows = await this.reembed(page, target, counts);
-          await this.items.copyIntoStaging(table, target.id, rows);
+          await this.fenced(lock, (client) =>
+            this.items.copyIntoStaging(client, table, target.id, rows),
+          );
           processed += page.length;
           after = page[page.length - 1].obj_ref;
           await this.namespaces.updateRebuild(progressId, { processed, ...counts });
         }
-        await this.items.mergeStaging(table, target.id);
+        await this.fenced(lock, (client) => this.items.mergeStaging(client, table, target.id));
       }
       await this.namespaces.updateRebuild(progressId, { phase: 'indexing' });
       const indexSettings = await this.settings.indexSettings();
       for (const table of this.tables.names) {
-        lock.signal.throwIfAborted();
+        // CREATE INDEX CONCURRENTLY cannot run in a transaction: check the fence just before.
+        await this.fenced(lock, () => Promise.resolve());
         await this.schema.ensureIndex(table, target.id, target.dimension, indexSettings);
       }
       await this.namespaces.updateRebuild(progressId, { phase: 'switching' });
-      await this.vectors.transaction(async (client) => {
-        await this.namespaces.lockForSwitch(client, namespace);
+      await withTransactionOn(session, async (client) => {
+        const row = (await this.namespaces.lockForSwitch(client, namespace))!;
         await this.fencing.check(client, lock);
+        if (row.building_slot !== target.slot) {
+          throw new ConflictException(
+            `The rebuild of ${namespace} into slot ${target.slot} was superseded by another.`,
+          );
+        }
         for (const table of this.tables.names) await this.schema.attach(client, table, target.id);
         await this.namespaces.activate(client, namespace, target.slot);
       });
@@ -268,60 +302,136 @@ export class RebuildService {
         duration_ms: Math.round(performance.now() - started),
       };
     } catch (error) {
-      await this.namespaces
-        .updateRebuild(progressId, { status: 'failed', error: String(error) })
-        .catch(() => undefined);
-      await this.abandonSlot(namespace, target).catch((cleanupError: unknown) =>
-        this.logger.warn(
-          `could not remove the failed slot ${target.slot}: ${String(cleanupError)}`,
-        ),
-      );
+      if (begun) {
+        await this.namespaces
+          .updateRebuild(begun.progressId, { status: 'failed', error: String(error) })
+          .catch(() => undefined);
+        await this.abandonSlot(begun.target, lock).catch((cleanupError: unknown) =>
+          this.logger.warn(
+            `left the failed slot ${begun!.target.slot} of ${namespace} for a later cleanup: ` +
+              String(cleanupError),
+          ),
+        );
+      }
       throw error;
+    } finally {
+      // Closing the connection ends the session lock with it, whatever state it is in.
+      session.release(true);
     }
   }
 
   /**
-   * Registers slot N+1 as building and creates its (standalone) tables. Takes the namespace row
-   * FOR UPDATE, so upserts in flight finish first and every later one also writes the new slot.
-   * A building slot left by a crashed rebuild is removed first (we hold the rebuild lock).
+   * Registers a new slot (a number never used before in the namespace) as building, creates its
+   * standalone tables, takes the session lock on it and records the rebuild, all in one fenced
+   * transaction on the rebuild's own connection. The namespace row is taken FOR UPDATE, so
+   * upserts in flight finish first and every later one also writes the new slot. Slots left
+   * building by earlier rebuilds — dead, or alive but superseded now that we hold the lock with
+   * a newer fence — are retired here and dropped after commit.
    */
-  private async beginSlot(namespace: string, lock: LockHandle): Promise<SlotRow> {
-    return this.vectors.transaction(async (client) => {
-      const row = (await this.namespaces.lockForSwitch(client, namespace))!;
+  private async beginSlot(
+    session: PoolClient,
+    namespace: string,
+    lock: LockHandle,
+  ): Promise<BegunRebuild> {
+    return withTransactionOn(session, async (client) => {
+      const row = await this.namespaces.lockForSwitch(client, namespace);
+      if (!row) throw unknownNamespace(namespace);
       await this.fencing.check(client, lock);
-      if (row.building_slot !== null) {
-        const orphan = await this.namespaces.slot(namespace, row.building_slot, client);
-        if (orphan) await this.dropSlot(client, orphan);
-      }
-      const slot = await this.namespaces.createSlot(
+      const source = (await this.namespaces.slot(namespace, row.active_slot, client))!;
+      const leftovers = (await this.namespaces.slots(namespace, client)).filter(
+        (slot) => slot.status === 'building',
+      );
+      for (const leftover of leftovers) await this.namespaces.retire(client, leftover);
+      await this.namespaces.abandonRunningRebuilds(client, namespace);
+      const target = await this.namespaces.createSlot(
         client,
         namespace,
-        await this.namespaces.nextSlotNumber(client, namespace),
+        await this.namespaces.allocateSlotNumber(client, namespace),
         this.embedder.model,
         this.embedder.dimension,
         'building',
       );
-      await this.schema.createSlotTables(client, slot.id, slot.dimension, false);
-      await this.namespaces.setBuilding(client, namespace, slot.slot);
-      return slot;
+      await this.namespaces.holdRebuildSession(client, target.id);
+      await this.schema.createSlotTables(client, target.id, target.dimension, false);
+      await this.namespaces.setBuilding(client, namespace, target.slot);
+      const progressId = await this.namespaces.startRebuild(client, target, lock.fence);
+      return { source, target, progressId, leftovers };
     });
   }
 
-  private async abandonSlot(namespace: string, slot: SlotRow): Promise<void> {
-    await this.vectors.transaction(async (client) => {
-      const row = await this.namespaces.lockForSwitch(client, namespace);
-      if (row?.active_slot === slot.slot) return;
+  /** Drops a slot an earlier rebuild left behind, if its tables are free; else cleanup will. */
+  private async dropLeftover(slot: SlotRow, lock: LockHandle): Promise<void> {
+    await this.fenced(lock, async (client) => {
+      if (!(await this.dropSlotIfFree(client, slot))) {
+        this.logger.warn(
+          `slot ${slot.slot} of ${slot.namespace} is still in use; left for cleanup`,
+        );
+      }
+    });
+  }
+
+  /** After a failure: drops this rebuild's own slot (by id), unless it became active after all. */
+  private async abandonSlot(slot: SlotRow, lock: LockHandle): Promise<void> {
+    await this.fenced(lock, async (client) => {
+      const row = await this.namespaces.lockForSwitch(client, slot.namespace);
+      if (!row || row.active_slot === slot.slot) return;
       await this.dropSlot(client, slot);
     });
   }
 
-  async dropSlot(client: Parameters<VectorSchemaRepository['dropSlotTable']>[0], slot: SlotRow) {
+  /**
+   * Drops a slot's tables and row, waiting at most DROP_LOCK_TIMEOUT for its tables (inside a
+   * savepoint, so a busy slot leaves the caller's transaction usable). False when busy.
+   */
+  private async dropSlotIfFree(client: PoolClient, slot: SlotRow): Promise<boolean> {
+    await client.query('SAVEPOINT drop_slot');
+    await client.query(`SET LOCAL lock_timeout = '${DROP_LOCK_TIMEOUT}'`);
+    try {
+      await this.dropSlot(client, slot);
+      await client.query('RELEASE SAVEPOINT drop_slot');
+      return true;
+    } catch (error) {
+      if (!isLockTimeout(error)) throw error;
+      await client.query('ROLLBACK TO SAVEPOINT drop_slot');
+      return false;
+    } finally {
+      await client.query('SET LOCAL lock_timeout = 0');
+    }
+  }
+
+  private async dropSlot(client: PoolClient, slot: SlotRow): Promise<void> {
     for (const table of this.tables.names) await this.schema.dropSlotTable(client, table, slot.id);
-    await this.namespaces.deleteSlot(client, slot.namespace, slot.slot);
-    await client.query(
-      'UPDATE vector_namespaces SET building_slot = NULL WHERE namespace = $1 AND building_slot = $2',
-      [slot.namespace, slot.slot],
+    await this.namespaces.deleteSlot(client, slot);
+  }
+
+  /** A transaction that starts with the lock's fence check (refused once a newer holder wrote). */
+  private fenced<T>(lock: LockHandle, work: (client: PoolClient) => Promise<T>): Promise<T> {
+    return this.fencing.transaction(this.pool, lock, work);
+  }
+
+  /**
+   * A rebuild whose process is gone (progress reads `abandoned`) still holds, until their
+   * leases run out, the rebuild lock and the idempotency record of its run. The one caller that
+   * records it abandoned frees both — each only if it still belongs to that run — so the next
+   * rebuild starts now. Safe even if the old process lives on without its connection: the
+   * force-release advances the fence, so it can change nothing more.
+   */
+  private async takeOverAbandoned(namespace: string): Promise<void> {
+    const latest = await this.namespaces.abandonedRebuild(namespace);
+    if (!latest || !(await this.namespaces.markAbandoned(latest.id))) return;
+    this.logger.warn(
+      `the rebuild of ${namespace} into slot ${latest.slot} was abandoned; taking over`,
     );
+    const key = rebuildIdempotencyKey(namespace);
+    const record = await this.idempotency.peek(key);
+    if (record?.status === 'in_progress') await this.idempotency.abandon(key, record.owner);
+    if (latest.fence !== null) {
+      const lockKey = rebuildLockKey(namespace);
+      const status = await this.locks.status(lockKey);
+      if (status.locked && status.fence === latest.fence) {
+        await this.locks.forceRelease(lockKey, { by: 'abandoned-rebuild-takeover' });
+      }
+    }
   }
 
   /**
@@ -364,10 +474,20 @@ export class RebuildService {
 
 export type RebuildOutcome = SingleflightOutcome<RebuildResult>;
 
+interface BegunRebuild {
+  source: SlotRow;
+  target: SlotRow;
+  progressId: number;
+  /** Slots earlier rebuilds left building, retired in the same transaction; to be dropped. */
+  leftovers: SlotRow[];
+}
+
 export interface CleanupResult {
   success: true;
   namespace: string;
   active_slot: number;
   kept_previous_slot: number | null;
   dropped_slots: number[];
+  /** Slots whose tables were in use (by a rebuild that lost its lock); a later cleanup drops them. */
+  busy_slots: number[];
 }

@@ -1,9 +1,10 @@
 import { createHash } from 'node:crypto';
-import { Inject, Injectable } from '@nestjs/common';
+import { Inject, Injectable, ServiceUnavailableException } from '@nestjs/common';
 import { Pool, PoolClient } from 'pg';
 import { FieldError } from '../common/problem';
 import { invalidRequest } from '../common/validation';
 import { PG_POOL } from '../database/database.constants';
+import { isUndefinedTable } from '../database/database-errors';
 import { withTransaction } from '../database/transaction';
 import { EMBEDDING_PROVIDER } from '../embedding/embedding.module';
 import { EmbeddingProvider } from '../embedding/embedding.types';
@@ -17,8 +18,8 @@ import { VectorSettings } from './vector-settings';
 import { VectorTables } from './vector-tables';
 import { ItemRow, SlotRow } from './vector.types';
 
-const SEARCH_SLOT_CACHE_MS = 1_000;
-const UNDEFINED_TABLE = '42P01';
+/** Namespaces whose active slot a replica remembers for searches (cleared when full). */
+const SEARCH_SLOT_CACHE_SIZE = 10_000;
 
 export const upsertLockKey = (table: string, namespace: string) =>
   `lock:vector:upsert:${table}:${namespace}`;
@@ -49,7 +50,7 @@ interface PreparedBatch {
 @Injectable()
 export class VectorService {
   private readonly fencing = new PostgresFencing();
-  private readonly searchSlots = new Map<string, { slot: SlotRow; until: number }>();
+  private readonly searchSlots = new Map<string, SlotRow>();
 
   constructor(
     @Inject(PG_POOL) private readonly pool: Pool,
@@ -82,8 +83,11 @@ export class VectorService {
 
   /**
    * One transaction under the (table, namespace) lock: the fence check first, then the rows into
-   * the active slot — and into the building slot while a rebuild runs, so the switch loses none.
-   * The namespace row is held FOR SHARE: a rebuild's switch waits for this write to commit.
+   * the active slot — and into the building slot while a live rebuild loads it, so the switch
+   * loses none. The namespace row is held FOR SHARE: a rebuild's switch waits for this write to
+   * commit. The rows are checked against both slots here, under that lock: a switch or a new
+   * rebuild may have come between the request's validation and this transaction, and a write
+   * one of the slots cannot take is refused whole (400/409), never half made or silently thinned.
    */
   @WithLock({
     key: (batch: PreparedBatch) => upsertLockKey(batch.table, batch.namespace),
@@ -92,25 +96,44 @@ export class VectorService {
   async write(batch: PreparedBatch): Promise<number> {
     const lock = this.locks.current(upsertLockKey(batch.table, batch.namespace))!;
     return this.transaction(async (client) => {
-      const namespace =
+      const targets =
         (await this.namespaces.lockForWrite(client, batch.namespace)) ??
         (await this.createNamespace(client, batch.namespace));
       await this.fencing.check(client, lock);
-      const active = await this.namespaces.slot(batch.namespace, namespace.active_slot, client);
-      await this.items.upsert(client, batch.table, active!.id, batch.rows);
-      if (namespace.building_slot !== null) {
-        const building = await this.namespaces.slot(
-          batch.namespace,
-          namespace.building_slot,
-          client,
-        );
-        if (building) {
-          const rows = batch.rows.filter((row) => row.embedding.length === building.dimension);
-          await this.items.upsert(client, batch.table, building.id, rows);
-        }
+      const { namespace, active, building } = targets;
+      this.assertWritable(batch, active);
+      if (building) this.assertWritable(batch, building);
+      await this.items.upsert(client, batch.table, active.id, batch.rows, namespace.epoch);
+      if (building) {
+        await this.items.upsert(client, batch.table, building.id, batch.rows, namespace.epoch);
       }
       return namespace.active_slot;
     });
+  }
+
+  /**
+   * Client vectors must have the slot's dimension and provider vectors its model. During a
+   * rebuild to another dimension or model, such a write could not reach the slot about to become
+   * active; it is refused rather than acknowledged and lost at the switch.
+   */
+  private assertWritable(batch: PreparedBatch, slot: SlotRow): void {
+    const problems: FieldError[] = [];
+    batch.rows.forEach((row, i) => {
+      if (row.embedding_source === 'client' && row.embedding.length !== slot.dimension) {
+        problems.push({
+          field: `items[${i}].embedding`,
+          message:
+            slot.status === 'building'
+              ? `a rebuild of this namespace to ${slot.dimension} dimensions is running; send ` +
+                `${slot.dimension}-dimensional vectors after it switches, or none`
+              : `must have ${slot.dimension} dimensions, not ${row.embedding.length}`,
+        });
+      }
+    });
+    if (problems.length > 0) throw invalidRequest(problems);
+    if (batch.rows.some((row) => row.embedding_source === 'provider' && row.model !== slot.model)) {
+      throw modelMismatch(batch.namespace, slot.model, this.embedder.model);
+    }
   }
 
   async search(dto: SearchDto) {
@@ -118,14 +141,18 @@ export class VectorService {
     if ((dto.query === undefined) === (dto.vector === undefined)) {
       throw invalidRequest([{ field: 'query', message: 'send exactly one of query or vector' }]);
     }
-    try {
-      return await this.searchSlotOf(await this.searchSlot(dto.namespace), dto);
-    } catch (error) {
-      // The cached slot was switched away from and dropped meanwhile: look it up afresh (the new
-      // slot may have another model or dimension, so the query vector is made again too).
-      if ((error as { code?: string }).code !== UNDEFINED_TABLE) throw error;
-      this.searchSlots.delete(dto.namespace);
-      return this.searchSlotOf(await this.searchSlot(dto.namespace), dto);
+    let slot = await this.searchSlot(dto.namespace);
+    // The statement names the slot it found active; a switch since the cache was filled costs
+    // one more statement. Bounded: a namespace switching on every try is not worth chasing.
+    for (let attempt = 0; ; attempt++) {
+      const outcome = await this.searchSlotOf(slot, dto).catch((error: unknown) => {
+        // The cached slot was switched away from and dropped meanwhile.
+        if (isUndefinedTable(error) && attempt < 3) return null;
+        throw error;
+      });
+      if (outcome && outcome.activeSlot === slot.slot) return outcome.response;
+      if (attempt >= 3) throw new ServiceUnavailableException('The namespace keeps switching.');
+      slot = await this.searchSlot(dto.namespace, true);
     }
   }
 
@@ -141,39 +168,45 @@ export class VectorService {
       }
       [vector] = await this.embedder.embed([dto.query!]);
     }
-    const hits = await this.items.search(
+    const { activeSlot, hits } = await this.items.search(
       dto.table_name,
-      slot.id,
-      slot.dimension,
+      slot,
       vector,
       dto.k,
       Math.max(dto.k, this.settings.efSearch),
       this.settings.efSearch,
     );
     return {
-      success: true as const,
-      namespace: dto.namespace,
-      slot: slot.slot,
-      results: hits.map((hit) => ({
-        obj_ref: hit.obj_ref,
-        id: hit.item_id,
-        score: hit.score,
-        content: hit.content,
-        metadata: hit.metadata,
-      })),
+      activeSlot,
+      response: {
+        success: true as const,
+        namespace: dto.namespace,
+        slot: slot.slot,
+        results: hits.map((hit) => ({
+          obj_ref: hit.obj_ref,
+          id: hit.item_id,
+          score: hit.score,
+          content: hit.content,
+          metadata: hit.metadata,
+        })),
+      },
     };
   }
 
   /**
-   * The active slot for searches, cached for a second per namespace: a search right after a
-   * switch may still read the previous slot (which stays until cleanup), never a wrong one.
+   * The slot a search starts from, cached per namespace. The cache is only a guess: the search
+   * statement itself checks it against the namespace row (see VectorItemRepository.search).
    */
-  private async searchSlot(namespace: string): Promise<SlotRow> {
-    const cached = this.searchSlots.get(namespace);
-    if (cached && cached.until > performance.now()) return cached.slot;
+  private async searchSlot(namespace: string, refresh = false): Promise<SlotRow> {
+    const cached = refresh ? undefined : this.searchSlots.get(namespace);
+    if (cached) return cached;
     const slot = await this.activeSlot(namespace);
-    if (!slot) throw unknownNamespace(namespace);
-    this.searchSlots.set(namespace, { slot, until: performance.now() + SEARCH_SLOT_CACHE_MS });
+    if (!slot) {
+      this.searchSlots.delete(namespace);
+      throw unknownNamespace(namespace);
+    }
+    if (this.searchSlots.size >= SEARCH_SLOT_CACHE_SIZE) this.searchSlots.clear();
+    this.searchSlots.set(namespace, slot);
     return slot;
   }
 
@@ -194,7 +227,12 @@ export class VectorService {
         const slotStats = [];
         for (const slot of slots.filter((row) => row.namespace === namespace.namespace)) {
           if (!(await this.schema.slotTableExists(table, slot.id))) continue;
-          const stats = await this.items.stats(table, slot.id);
+          // A cleanup may drop the slot between the lookup and the count: it is then not listed.
+          const stats = await this.items.stats(table, slot.id).catch((error: unknown) => {
+            if (isUndefinedTable(error)) return null;
+            throw error;
+          });
+          if (!stats) continue;
           const index = await this.schema.indexState(table, slot.id);
           slotStats.push({
             slot: slot.slot,
@@ -321,6 +359,7 @@ export class VectorService {
     }
     let reused = 0;
     if (active) {
+      // Only a source of embeddings to reuse: a slot dropped since it was looked up has none.
       const stored = await this.withClient((client) =>
         this.items.findByRefs(
           client,
@@ -328,7 +367,10 @@ export class VectorService {
           active.id,
           missing.map((row) => row.obj_ref),
         ),
-      );
+      ).catch((error: unknown) => {
+        if (isUndefinedTable(error)) return new Map<string, ItemRow>();
+        throw error;
+      });
       for (const row of missing) {
         const previous = stored.get(row.obj_ref);
         if (

@@ -15,6 +15,16 @@ export interface NamespaceRow {
   active_slot: number;
   building_slot: number | null;
   previous_slot: number | null;
+  /** Bumped at every change of the active slot; upserts stamp their rows with it. */
+  epoch: number;
+}
+
+/** What an upsert writes to, read in its transaction with the namespace row held FOR SHARE. */
+export interface WriteTargets {
+  namespace: NamespaceRow;
+  active: SlotRow;
+  /** The slot a live rebuild is loading; null when none, or when its rebuild has died. */
+  building: SlotRow | null;
 }
 
 /** One item row as stored. */
@@ -33,7 +43,8 @@ export interface ItemRow {
 export interface RebuildProgress {
   namespace: string;
   slot: number;
-  status: 'running' | 'succeeded' | 'failed';
+  /** `abandoned`: still marked running, but the process that ran it is gone. */
+  status: 'running' | 'succeeded' | 'failed' | 'abandoned';
   phase: string;
   processed: number;
   total: number;

@@ -135,8 +135,7 @@ describe('Vector slots: rebuild, fencing, cleanup, rollback', () => {
     await expect(
       items.search(
         'questions',
-        slot1,
-        384,
+        { id: slot1, slot: 1, namespace, dimension: 384 },
         Array.from({ length: 384 }, () => 0.05),
         3,
         40,
@@ -163,8 +162,7 @@ describe('Vector slots: rebuild, fencing, cleanup, rollback', () => {
     await pool.query(`ANALYZE vec_questions_s${slotId}`);
     const plan = await app.app.get(VectorItemRepository).explainSearch(
       'questions',
-      slotId,
-      384,
+      { id: slotId, slot: 1, namespace, dimension: 384 },
       Array.from({ length: 384 }, (_, i) => (i % 7) + 1),
     );
     expect(plan).toContain(`Index Scan using vec_questions_s${slotId}_hnsw`);
@@ -259,6 +257,7 @@ describe('Vector slots: rebuild, fencing, cleanup, rollback', () => {
       active_slot: 3,
       kept_previous_slot: 2,
       dropped_slots: [1],
+      busy_slots: [],
     });
     const stats = await app.http
       .get(`/api/v1/vector/statistics?namespace=${namespace}`)

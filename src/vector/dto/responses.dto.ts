@@ -38,7 +38,7 @@ export class RebuildProgressDto {
   success!: boolean;
   namespace!: string;
   slot!: number;
-  /** running | succeeded | failed */
+  /** running | succeeded | failed | abandoned (its process or connection died mid-rebuild) */
   status!: string;
   /** preparing | loading | indexing | switching | done */
   phase!: string;
@@ -58,6 +58,8 @@ export class CleanupResponseDto {
   active_slot!: number;
   kept_previous_slot!: number | null;
   dropped_slots!: number[];
+  /** Slots whose tables were still in use (a rebuild that lost its lock); a later cleanup drops them. */
+  busy_slots!: number[];
 }
 
 export class RollbackResponseDto {

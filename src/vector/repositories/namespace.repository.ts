@@ -1,12 +1,35 @@
 import { Inject, Injectable } from '@nestjs/common';
 import { Pool, PoolClient } from 'pg';
 import { PG_POOL } from '../../database/database.constants';
-import { NamespaceRow, RebuildProgress, SlotRow } from '../vector.types';
+import { NamespaceRow, RebuildProgress, SlotRow, WriteTargets } from '../vector.types';
 
 type Queryable = Pool | PoolClient;
 
 const SLOT_COLUMNS =
   'id::int AS id, namespace, slot, model, dimension, status, created_at, activated_at';
+const NAMESPACE_COLUMNS =
+  'namespace, active_slot, building_slot, previous_slot, epoch::int AS epoch';
+
+/**
+ * First key of the session advisory lock a rebuild holds on its slot id while it lives (the
+ * second is the slot id). Postgres releases it the moment the rebuild's connection closes — a
+ * crashed process included — which is how upserts and progress tell a live rebuild from a
+ * dead one without waiting for any lease.
+ */
+export const REBUILD_SESSION_LOCK = 0x76656331;
+
+/** True when no session holds the rebuild lock of slot `slotIdSql` (an SQL expression). */
+const rebuildGone = (slotIdSql: string) => `NOT EXISTS (
+  SELECT 1 FROM pg_locks l
+  WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.granted
+    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+    AND l.classid = ${REBUILD_SESSION_LOCK}::oid AND l.objid = (${slotIdSql})::oid)`;
+
+interface WriteTargetRow extends NamespaceRow {
+  active: SlotRow;
+  building: SlotRow | null;
+  building_live: boolean;
+}
 
 /** The namespace and slot catalog (vector_namespaces, vector_slots, vector_rebuilds). */
 @Injectable()
@@ -15,28 +38,47 @@ export class NamespaceRepository {
 
   async find(namespace: string, db: Queryable = this.pool): Promise<NamespaceRow | null> {
     const { rows } = await db.query<NamespaceRow>(
-      'SELECT namespace, active_slot, building_slot, previous_slot FROM vector_namespaces WHERE namespace = $1',
+      `SELECT ${NAMESPACE_COLUMNS} FROM vector_namespaces WHERE namespace = $1`,
       [namespace],
     );
     return rows[0] ?? null;
   }
 
   /**
-   * In an upsert's transaction: the namespace row FOR SHARE, so a rebuild's switch (FOR UPDATE)
-   * waits for in-flight upserts, and upserts see the building slot once a rebuild has begun.
+   * In an upsert's transaction, one round trip: the namespace row FOR SHARE (a rebuild's switch,
+   * FOR UPDATE, waits for in-flight upserts), its active slot, and its building slot if the
+   * rebuild loading it is alive. A rebuild holds a session advisory lock on its slot id; when
+   * its process or connection dies the lock is gone, and upserts stop writing a slot that will
+   * never be switched to (that rebuild can no longer switch: it switches on that connection).
    */
-  async lockForWrite(client: PoolClient, namespace: string): Promise<NamespaceRow | null> {
-    const { rows } = await client.query<NamespaceRow>(
-      'SELECT namespace, active_slot, building_slot, previous_slot FROM vector_namespaces WHERE namespace = $1 FOR SHARE',
+  async lockForWrite(client: PoolClient, namespace: string): Promise<WriteTargets | null> {
+    const { rows } = await client.query<WriteTargetRow>(
+      `SELECT n.namespace, n.active_slot, n.building_slot, n.previous_slot, n.epoch::int AS epoch,
+              json_build_object('id', a.id, 'namespace', a.namespace, 'slot', a.slot,
+                'model', a.model, 'dimension', a.dimension, 'status', a.status) AS active,
+              CASE WHEN b.id IS NOT NULL THEN json_build_object('id', b.id,
+                'namespace', b.namespace, 'slot', b.slot, 'model', b.model,
+                'dimension', b.dimension, 'status', b.status) END AS building,
+              b.id IS NOT NULL
+                AND NOT pg_try_advisory_xact_lock_shared(${REBUILD_SESSION_LOCK}, b.id::int)
+                AS building_live
+       FROM vector_namespaces n
+       JOIN vector_slots a ON a.namespace = n.namespace AND a.slot = n.active_slot
+       LEFT JOIN vector_slots b ON b.namespace = n.namespace AND b.slot = n.building_slot
+       WHERE n.namespace = $1
+       FOR SHARE OF n`,
       [namespace],
     );
-    return rows[0] ?? null;
+    const row = rows[0];
+    if (!row) return null;
+    const { active, building, building_live, ...namespaceRow } = row;
+    return { namespace: namespaceRow, active, building: building_live ? building : null };
   }
 
   /** Exclusive: waits for in-flight upserts, and holds new ones until commit. */
   async lockForSwitch(client: PoolClient, namespace: string): Promise<NamespaceRow | null> {
     const { rows } = await client.query<NamespaceRow>(
-      'SELECT namespace, active_slot, building_slot, previous_slot FROM vector_namespaces WHERE namespace = $1 FOR UPDATE',
+      `SELECT ${NAMESPACE_COLUMNS} FROM vector_namespaces WHERE namespace = $1 FOR UPDATE`,
       [namespace],
     );
     return rows[0] ?? null;
@@ -45,7 +87,7 @@ export class NamespaceRepository {
   /** Creates the namespace with slot 1 active unless it exists; returns true if created here. */
   async create(client: PoolClient, namespace: string, model: string, dimension: number) {
     const created = await client.query(
-      `INSERT INTO vector_namespaces (namespace, active_slot) VALUES ($1, 1)
+      `INSERT INTO vector_namespaces (namespace, active_slot, last_slot) VALUES ($1, 1, 1)
        ON CONFLICT (namespace) DO NOTHING`,
       [namespace],
     );
@@ -89,27 +131,32 @@ export class NamespaceRepository {
 
   async namespaces(db: Queryable = this.pool): Promise<NamespaceRow[]> {
     const { rows } = await db.query<NamespaceRow>(
-      'SELECT namespace, active_slot, building_slot, previous_slot FROM vector_namespaces ORDER BY namespace',
+      `SELECT ${NAMESPACE_COLUMNS} FROM vector_namespaces ORDER BY namespace`,
     );
     return rows;
   }
 
-  async nextSlotNumber(client: PoolClient, namespace: string): Promise<number> {
-    const { rows } = await client.query<{ next: number }>(
-      'SELECT COALESCE(max(slot), 0) + 1 AS next FROM vector_slots WHERE namespace = $1',
+  /** The next slot number of the namespace; numbers only grow, even past dropped slots. */
+  async allocateSlotNumber(client: PoolClient, namespace: string): Promise<number> {
+    const { rows } = await client.query<{ slot: number }>(
+      `UPDATE vector_namespaces SET last_slot = last_slot + 1, updated_at = now()
+       WHERE namespace = $1 RETURNING last_slot AS slot`,
       [namespace],
     );
-    return rows[0].next;
+    return rows[0].slot;
   }
 
-  async setBuilding(client: PoolClient, namespace: string, slot: number | null): Promise<void> {
+  async setBuilding(client: PoolClient, namespace: string, slot: number): Promise<void> {
     await client.query(
       'UPDATE vector_namespaces SET building_slot = $2, updated_at = now() WHERE namespace = $1',
       [namespace, slot],
     );
   }
 
-  /** Makes `slot` active; the old active one becomes the previous (kept for rollback). */
+  /**
+   * Makes `slot` active; the old active one becomes the previous (kept for rollback). The epoch
+   * moves on, so rows written from now on are told apart from those written before.
+   */
   async activate(client: PoolClient, namespace: string, slot: number): Promise<void> {
     await client.query(
       `UPDATE vector_slots SET status = 'retired', retired_at = now()
@@ -123,7 +170,7 @@ export class NamespaceRepository {
     );
     await client.query(
       `UPDATE vector_namespaces
-       SET previous_slot = active_slot, active_slot = $2,
+       SET previous_slot = active_slot, active_slot = $2, epoch = epoch + 1,
            building_slot = CASE WHEN building_slot = $2 THEN NULL ELSE building_slot END,
            updated_at = now()
        WHERE namespace = $1`,
@@ -131,29 +178,35 @@ export class NamespaceRepository {
     );
   }
 
-  async retire(client: PoolClient, namespace: string, slot: number): Promise<void> {
+  /** Deletes one slot row by id, and the namespace's references to it. */
+  async deleteSlot(client: PoolClient, slot: SlotRow): Promise<void> {
+    await client.query('DELETE FROM vector_slots WHERE id = $1', [slot.id]);
     await client.query(
-      `UPDATE vector_slots SET status = 'retired', retired_at = now() WHERE namespace = $1 AND slot = $2`,
-      [namespace, slot],
+      `UPDATE vector_namespaces SET
+         previous_slot = CASE WHEN previous_slot = $2 THEN NULL ELSE previous_slot END,
+         building_slot = CASE WHEN building_slot = $2 THEN NULL ELSE building_slot END
+       WHERE namespace = $1 AND (previous_slot = $2 OR building_slot = $2)`,
+      [slot.namespace, slot.slot],
     );
   }
 
-  async deleteSlot(client: PoolClient, namespace: string, slot: number): Promise<void> {
-    await client.query('DELETE FROM vector_slots WHERE namespace = $1 AND slot = $2', [
-      namespace,
-      slot,
-    ]);
-    await client.query(
-      'UPDATE vector_namespaces SET previous_slot = NULL WHERE namespace = $1 AND previous_slot = $2',
-      [namespace, slot],
-    );
+  /**
+   * Session-level: held by the rebuild's own connection until it unlocks or the connection
+   * ends (see REBUILD_SESSION_LOCK). A slot id is never reused, so nobody else ever asks.
+   */
+  async holdRebuildSession(client: PoolClient, slotId: number): Promise<void> {
+    await client.query('SELECT pg_advisory_lock($1, $2)', [REBUILD_SESSION_LOCK, slotId]);
   }
 
-  async startRebuild(namespace: string, slot: number): Promise<number> {
-    const { rows } = await this.pool.query<{ id: number }>(
-      `INSERT INTO vector_rebuilds (namespace, slot, status, phase)
-       VALUES ($1, $2, 'running', 'preparing') RETURNING id::int AS id`,
-      [namespace, slot],
+  async releaseRebuildSession(client: PoolClient, slotId: number): Promise<void> {
+    await client.query('SELECT pg_advisory_unlock($1, $2)', [REBUILD_SESSION_LOCK, slotId]);
+  }
+
+  async startRebuild(client: PoolClient, slot: SlotRow, fence: number): Promise<number> {
+    const { rows } = await client.query<{ id: number }>(
+      `INSERT INTO vector_rebuilds (namespace, slot, slot_id, fence, status, phase)
+       VALUES ($1, $2, $3, $4, 'running', 'preparing') RETURNING id::int AS id`,
+      [slot.namespace, slot.slot, slot.id, fence],
     );
     return rows[0].id;
   }
@@ -173,7 +226,8 @@ export class NamespaceRepository {
          processed = COALESCE($4, processed), total = COALESCE($5, total),
          embedded = COALESCE($6, embedded), reused = COALESCE($7, reused),
          error = COALESCE($8, error), updated_at = now(),
-         finished_at = CASE WHEN $2 IN ('succeeded', 'failed') THEN now() ELSE finished_at END
+         finished_at = CASE WHEN $2 IN ('succeeded', 'failed', 'abandoned') THEN now()
+                            ELSE finished_at END
        WHERE id = $1`,
       [
         id,
@@ -188,14 +242,62 @@ export class NamespaceRepository {
     );
   }
 
+  /** The latest rebuild; one still marked running whose process is gone reads as abandoned. */
   async latestRebuild(namespace: string): Promise<RebuildProgress | null> {
     const { rows } = await this.pool.query<RebuildProgress>(
-      `SELECT namespace, slot, status, phase, processed::int AS processed, total::int AS total,
-              embedded::int AS embedded, reused::int AS reused, error, started_at, updated_at,
-              finished_at
-       FROM vector_rebuilds WHERE namespace = $1 ORDER BY id DESC LIMIT 1`,
+      `SELECT r.namespace, r.slot,
+              CASE WHEN r.status = 'running' AND r.slot_id IS NOT NULL
+                        AND ${rebuildGone('r.slot_id')}
+                   THEN 'abandoned' ELSE r.status END AS status,
+              r.phase, r.processed::int AS processed, r.total::int AS total,
+              r.embedded::int AS embedded, r.reused::int AS reused, r.error, r.started_at,
+              r.updated_at, r.finished_at
+       FROM vector_rebuilds r WHERE r.namespace = $1 ORDER BY r.id DESC LIMIT 1`,
       [namespace],
     );
     return rows[0] ?? null;
+  }
+
+  /** The latest rebuild's id and lock fence, when it reads as abandoned (see latestRebuild). */
+  async abandonedRebuild(
+    namespace: string,
+  ): Promise<{ id: number; slot: number; fence: number | null } | null> {
+    const { rows } = await this.pool.query<{ id: number; slot: number; fence: number | null }>(
+      `SELECT r.id::int AS id, r.slot, r.fence::float8 AS fence
+       FROM (SELECT * FROM vector_rebuilds WHERE namespace = $1 ORDER BY id DESC LIMIT 1) r
+       WHERE r.status = 'running' AND r.slot_id IS NOT NULL AND ${rebuildGone('r.slot_id')}`,
+      [namespace],
+    );
+    return rows[0] ?? null;
+  }
+
+  /**
+   * Records a rebuild as abandoned unless it finished (or was recorded abandoned) meanwhile;
+   * true for the one caller that did.
+   */
+  async markAbandoned(id: number): Promise<boolean> {
+    const { rowCount } = await this.pool.query(
+      `UPDATE vector_rebuilds SET status = 'abandoned', updated_at = now(), finished_at = now()
+       WHERE id = $1 AND status = 'running'`,
+      [id],
+    );
+    return rowCount === 1;
+  }
+
+  /** Under the rebuild lock, in a fenced transaction: no earlier rebuild can still be running. */
+  async abandonRunningRebuilds(client: PoolClient, namespace: string): Promise<void> {
+    await client.query(
+      `UPDATE vector_rebuilds SET status = 'abandoned', updated_at = now(), finished_at = now()
+       WHERE namespace = $1 AND status = 'running'`,
+      [namespace],
+    );
+  }
+
+  /** Marks a slot that will never become active (a superseded or dead rebuild's). */
+  async retire(client: PoolClient, slot: SlotRow): Promise<void> {
+    await client.query(
+      `UPDATE vector_slots SET status = 'retired', retired_at = now() WHERE id = $1`,
+      [slot.id],
+    );
   }
 }

@@ -6,7 +6,7 @@ import { from as copyFrom } from 'pg-copy-streams';
 import { PG_POOL } from '../../database/database.constants';
 import { withTransaction } from '../../database/transaction';
 import { VectorTables } from '../vector-tables';
-import { ItemRow } from '../vector.types';
+import { ItemRow, SlotRow } from '../vector.types';
 import {
   COPY_COLUMNS,
   copyHeader,
@@ -22,6 +22,15 @@ export interface SearchHit {
   content: string;
   metadata: Record<string, unknown> | null;
   score: number;
+}
+
+interface GuardedHit {
+  active_slot: number;
+  obj_ref: string | null;
+  item_id: string | null;
+  content: string | null;
+  metadata: Record<string, unknown> | null;
+  score: number | null;
 }
 
 export interface TableSlotStats {
@@ -62,13 +71,15 @@ export class VectorItemRepository {
     table: string,
     slotId: number,
     rows: ItemRow[],
+    epoch: number,
   ): Promise<number> {
     if (rows.length === 0) return 0;
     const result = await client.query(
       `INSERT INTO ${this.tables.partition(table, slotId)} AS t
-         (slot_id, obj_ref, item_id, content, content_hash, metadata, embedding, embedding_source, model)
+         (slot_id, obj_ref, item_id, content, content_hash, metadata, embedding, embedding_source,
+          model, write_epoch)
        SELECT $1, r.obj_ref, r.item_id, r.content, r.content_hash, r.metadata, r.embedding,
-              r.embedding_source, r.model
+              r.embedding_source, r.model, $10
        FROM unnest($2::text[], $3::text[], $4::text[], $5::bytea[], $6::jsonb[], $7::vector[], $8::text[], $9::text[])
          AS r(obj_ref, item_id, content, content_hash, metadata, embedding, embedding_source, model)
        ORDER BY r.obj_ref
@@ -76,7 +87,7 @@ export class VectorItemRepository {
          item_id = EXCLUDED.item_id, content = EXCLUDED.content,
          content_hash = EXCLUDED.content_hash, metadata = EXCLUDED.metadata,
          embedding = EXCLUDED.embedding, embedding_source = EXCLUDED.embedding_source,
-         model = EXCLUDED.model, updated_at = now()`,
+         model = EXCLUDED.model, write_epoch = EXCLUDED.write_epoch, updated_at = now()`,
       [
         slotId,
         rows.map((row) => row.obj_ref),
@@ -90,6 +101,7 @@ export class VectorItemRepository {
         ),
         rows.map((row) => row.embedding_source),
         rows.map((row) => row.model),
+        epoch,
       ],
     );
     return result.rowCount ?? 0;
@@ -126,24 +138,30 @@ export class VectorItemRepository {
     return rows;
   }
 
-  /** Rows of `fromSlot` written since `since`, upserted into `toSlot` (rollback carry-over). */
-  async copyChangedSince(
+  /**
+   * Rows of `fromSlot` written in activation epoch `epoch` or later, upserted into `toSlot`
+   * (rollback carry-over). Epochs, not timestamps: an upsert whose transaction began before a
+   * switch but wrote after it carries the new epoch, since it read the epoch under the same
+   * row lock as the active slot it wrote to.
+   */
+  async copyWrittenSince(
     client: PoolClient,
     table: string,
     fromSlot: number,
     toSlot: number,
-    since: Date,
+    epoch: number,
   ): Promise<number> {
     const result = await client.query(
       `INSERT INTO ${this.tables.partition(table, toSlot)} (${COPY_COLUMNS})
        SELECT $1, obj_ref, item_id, content, content_hash, metadata, embedding, embedding_source, model
-       FROM ${this.tables.partition(table, fromSlot)} WHERE updated_at >= $2
+       FROM ${this.tables.partition(table, fromSlot)} WHERE write_epoch >= $2
+       ORDER BY obj_ref
        ON CONFLICT (slot_id, obj_ref) DO UPDATE SET
          item_id = EXCLUDED.item_id, content = EXCLUDED.content,
          content_hash = EXCLUDED.content_hash, metadata = EXCLUDED.metadata,
          embedding = EXCLUDED.embedding, embedding_source = EXCLUDED.embedding_source,
          model = EXCLUDED.model, updated_at = now()`,
-      [toSlot, since],
+      [toSlot, epoch],
     );
     return result.rowCount ?? 0;
   }
@@ -155,94 +173,123 @@ export class VectorItemRepository {
     return rows[0].count;
   }
 
-  /** Bulk-loads rows into a rebuild's staging table with binary COPY. */
-  async copyIntoStaging(table: string, slotId: number, rows: ItemRow[]): Promise<void> {
-    const client = await this.pool.connect();
-    try {
-      const stream = client.query(
-        copyFrom(
-          `COPY ${this.tables.staging(table, slotId)} (${COPY_COLUMNS}) FROM STDIN (FORMAT binary)`,
-        ),
-      );
-      await pipeline(
-        Readable.from(
-          (function* () {
-            yield copyHeader();
-            for (const row of rows) yield encodeItem(slotId, row);
-            yield copyTrailer();
-          })(),
-        ),
-        stream,
-      );
-    } finally {
-      client.release();
-    }
+  /**
+   * Bulk-loads rows into a rebuild's staging table with binary COPY, on the caller's client (a
+   * transaction that has checked the rebuild's fence).
+   */
+  async copyIntoStaging(
+    client: PoolClient,
+    table: string,
+    slotId: number,
+    rows: ItemRow[],
+  ): Promise<void> {
+    const stream = client.query(
+      copyFrom(
+        `COPY ${this.tables.staging(table, slotId)} (${COPY_COLUMNS}) FROM STDIN (FORMAT binary)`,
+      ),
+    );
+    await pipeline(
+      Readable.from(
+        (function* () {
+          yield copyHeader();
+          for (const row of rows) yield encodeItem(slotId, row);
+          yield copyTrailer();
+        })(),
+      ),
+      stream,
+    );
   }
 
   /**
-   * Moves staged rows into the slot. Rows already there came from upserts made during the
-   * rebuild, which are newer than the snapshot being copied: they win.
+   * Moves staged rows into the slot, on the caller's (fenced) transaction. Rows already there
+   * came from upserts made during the rebuild, which are newer than the snapshot being copied:
+   * they win.
    */
-  async mergeStaging(table: string, slotId: number): Promise<number> {
-    const result = await this.pool.query(
+  async mergeStaging(client: PoolClient, table: string, slotId: number): Promise<number> {
+    const result = await client.query(
       `INSERT INTO ${this.tables.partition(table, slotId)} (${COPY_COLUMNS})
        SELECT ${COPY_COLUMNS} FROM ${this.tables.staging(table, slotId)} ORDER BY obj_ref
        ON CONFLICT (slot_id, obj_ref) DO NOTHING`,
     );
-    await this.pool.query(`DROP TABLE IF EXISTS ${this.tables.staging(table, slotId)}`);
+    await client.query(`DROP TABLE IF EXISTS ${this.tables.staging(table, slotId)}`);
     return result.rowCount ?? 0;
   }
 
   /**
-   * k nearest items by cosine distance, through the slot's HNSW index: the ORDER BY uses the
-   * index expression exactly. Connections start with hnsw.ef_search = SEARCH_EF_SEARCH
-   * (DatabaseModule), so a search within it is one round trip; a larger k raises ef_search for
-   * its own transaction only (SET LOCAL, sent with BEGIN in one message).
+   * k nearest items by cosine distance in the slot the caller believes active, through its
+   * HNSW index (the ORDER BY uses the index expression exactly), in one statement that also
+   * reads which slot the namespace's row names active in the same snapshot: the items are
+   * searched only if it is still this one. A caller whose cached slot was switched away from
+   * learns the new one from `activeSlot` and searches again, so a search never misses a write
+   * acknowledged before it was sent. The statement returns one row even when nothing matches
+   * (hit columns null), and none when the namespace no longer exists.
    *
-   * The statement is prepared once per connection and slot (named after both), so Postgres
-   * neither parses nor, once it settles on the generic plan (the same index scan), plans it
-   * again. A statement of a dropped slot fails as the table does (42P01), which the caller
-   * handles by looking the slot up again.
+   * Connections start with hnsw.ef_search = SEARCH_EF_SEARCH (DatabaseModule), so a search
+   * within it is one round trip; a larger k raises ef_search for its own transaction only
+   * (SET LOCAL, sent with BEGIN in one message). The statement is prepared once per connection
+   * and slot (named after both), so Postgres neither parses nor, once it settles on the generic
+   * plan (the same index scan), plans it again. A statement of a dropped slot fails as the table
+   * does (42P01), which the caller handles by looking the slot up again.
    */
   async search(
     table: string,
-    slotId: number,
-    dimension: number,
+    slot: Pick<SlotRow, 'id' | 'slot' | 'namespace' | 'dimension'>,
     vector: number[],
     k: number,
     efSearch: number,
     sessionEfSearch: number,
-  ): Promise<SearchHit[]> {
+  ): Promise<{ activeSlot: number | null; hits: SearchHit[] }> {
     const statement = {
-      name: `search_${table}_${Math.trunc(slotId)}_${Math.trunc(dimension)}`,
-      text: this.searchSql(table, slotId, dimension),
-      values: [encodeVector(vector), k],
+      name: `search_${table}_${Math.trunc(slot.id)}_${Math.trunc(slot.dimension)}`,
+      text: this.searchSql(table, slot),
+      values: [encodeVector(vector), k, slot.namespace],
     };
-    if (efSearch <= sessionEfSearch) return (await this.pool.query<SearchHit>(statement)).rows;
-    return withTransaction(this.pool, async (client) => {
-      await client.query(`SET LOCAL hnsw.ef_search = ${Math.trunc(efSearch)}`);
-      return (await client.query<SearchHit>(statement)).rows;
-    });
+    const rows =
+      efSearch <= sessionEfSearch
+        ? (await this.pool.query<GuardedHit>(statement)).rows
+        : await withTransaction(this.pool, async (client) => {
+            await client.query(`SET LOCAL hnsw.ef_search = ${Math.trunc(efSearch)}`);
+            return (await client.query<GuardedHit>(statement)).rows;
+          });
+    if (rows.length === 0) return { activeSlot: null, hits: [] };
+    const hits: SearchHit[] = [];
+    for (const row of rows) {
+      if (row.obj_ref === null) continue;
+      hits.push({
+        obj_ref: row.obj_ref,
+        item_id: row.item_id,
+        content: row.content!,
+        metadata: row.metadata,
+        score: row.score!,
+      });
+    }
+    return { activeSlot: rows[0].active_slot, hits };
   }
 
-  searchSql(table: string, slotId: number, dimension: number): string {
-    const d = Math.trunc(dimension);
-    return `SELECT obj_ref, item_id, content, metadata,
-              1 - (embedding::vector(${d}) <=> $1::vector(${d})) AS score
-            FROM ${this.tables.partition(table, slotId)}
-            ORDER BY embedding::vector(${d}) <=> $1::vector(${d})
-            LIMIT $2`;
+  /** The index scan runs behind a one-time filter on the namespace row read in the same snapshot. */
+  searchSql(table: string, slot: Pick<SlotRow, 'id' | 'slot' | 'dimension'>): string {
+    const d = Math.trunc(slot.dimension);
+    return `SELECT n.active_slot, h.obj_ref, h.item_id, h.content, h.metadata, h.score
+            FROM vector_namespaces n
+            LEFT JOIN LATERAL (
+              SELECT obj_ref, item_id, content, metadata,
+                     1 - (embedding::vector(${d}) <=> $1::vector(${d})) AS score
+              FROM ${this.tables.partition(table, slot.id)}
+              WHERE n.active_slot = ${Math.trunc(slot.slot)}
+              ORDER BY embedding::vector(${d}) <=> $1::vector(${d})
+              LIMIT $2
+            ) h ON true
+            WHERE n.namespace = $3`;
   }
 
   async explainSearch(
     table: string,
-    slotId: number,
-    dimension: number,
+    slot: Pick<SlotRow, 'id' | 'slot' | 'namespace' | 'dimension'>,
     vector: number[],
   ): Promise<string> {
     const { rows } = await this.pool.query<{ 'QUERY PLAN': string }>(
-      `EXPLAIN ${this.searchSql(table, slotId, dimension)}`,
-      [encodeVector(vector), 10],
+      `EXPLAIN ${this.searchSql(table, slot)}`,
+      [encodeVector(vector), 10, slot.namespace],
     );
     return rows.map((row) => row['QUERY PLAN']).join('\n');
   }

@@ -28,7 +28,8 @@ const ITEM_COLUMNS = `
   embedding        vector      NOT NULL,
   embedding_source text        NOT NULL,
   model            text,
-  updated_at       timestamptz NOT NULL DEFAULT now()`;
+  updated_at       timestamptz NOT NULL DEFAULT now(),
+  write_epoch      bigint      NOT NULL DEFAULT 0`;
 
 /**
  * DDL of the item tables: one parent per registered table partitioned by slot id, one
@@ -53,6 +54,19 @@ export class VectorSchemaRepository {
            PRIMARY KEY (slot_id, obj_ref)
          ) PARTITION BY LIST (slot_id)`,
       );
+      // Added after the first release; reaches every attached partition. Looked up first:
+      // ALTER TABLE takes an exclusive lock even when there is nothing to add.
+      const { rowCount } = await this.pool.query(
+        `SELECT 1 FROM pg_attribute
+         WHERE attrelid = to_regclass($1) AND attname = 'write_epoch' AND NOT attisdropped`,
+        [`vec_${table}`],
+      );
+      if (rowCount === 0) {
+        await this.pool.query(
+          `ALTER TABLE ${this.tables.parent(table)}
+           ADD COLUMN IF NOT EXISTS write_epoch bigint NOT NULL DEFAULT 0`,
+        );
+      }
     }
   }
 

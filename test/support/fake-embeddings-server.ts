@@ -14,7 +14,9 @@ export type Answer =
   | { kind: 'dimension'; dimension: number }
   | { kind: 'count'; count: number }
   | { kind: 'shuffle' }
-  | { kind: 'hang' };
+  | { kind: 'hang' }
+  /** Answers normally once `until` settles: holds the caller at a known point. */
+  | { kind: 'wait'; until: Promise<unknown> };
 
 /** A local OpenAI-compatible /v1/embeddings server whose answers a test scripts in order. */
 export class FakeEmbeddingsServer {
@@ -57,6 +59,7 @@ export class FakeEmbeddingsServer {
     this.requests.push({ authorization: request.headers.authorization, ...body });
     const answer = this.script.shift() ?? { kind: 'ok' };
     if (answer.kind === 'hang') return;
+    if (answer.kind === 'wait') await answer.until.catch(() => undefined);
     if (answer.kind === 'status') {
       response.writeHead(
         answer.status,

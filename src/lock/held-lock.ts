@@ -31,6 +31,8 @@ export class HeldLock implements LockHandle, MultiLockHandle {
   private renewTimer?: NodeJS.Timeout;
   private expiryTimer?: NodeJS.Timeout;
   private fenceMap?: Readonly<Record<string, number>>;
+  /** The first key's fence once raiseFence has moved it. */
+  private raisedFence?: number;
 
   constructor(
     private readonly backend: LockBackend,
@@ -59,7 +61,7 @@ export class HeldLock implements LockHandle, MultiLockHandle {
   }
 
   get fence(): number {
-    return this.fenceValues[0];
+    return this.raisedFence ?? this.fenceValues[0];
   }
 
   get fences(): Readonly<Record<string, number>> {
@@ -96,6 +98,20 @@ export class HeldLock implements LockHandle, MultiLockHandle {
     this.ttlMs = ttlMs;
     this.deadline = sentAt + ttlMs;
     if (this.expiryTimer) this.armExpiryGuard();
+  }
+
+  /** See LockHandle.raiseFence. Raises `key`'s fence: only single-key handles expose it. */
+  async raiseFence(atLeast: number): Promise<number | null> {
+    if (!this.checkExpiry()) return null;
+    const fence = await this.backend.raiseFence(this.key, this.token, atLeast);
+    if (this.state !== 'held') return null;
+    if (fence === null) {
+      this.lose('raising its fence found the lease expired or taken over');
+      return null;
+    }
+    this.raisedFence = fence;
+    this.fenceMap = { ...this.fences, [this.key]: fence };
+    return fence;
   }
 
   async release(): Promise<boolean> {

@@ -50,6 +50,12 @@ export interface LockBackend {
   forceRelease(key: string): Promise<ForceReleaseResult>;
 
   /**
+   * If `token` still holds `key`, sets its fence counter to at least `atLeast` and bumps it:
+   * the new fence, above `atLeast`. Null when the lock is no longer held by `token`.
+   */
+  raiseFence(key: string, token: string, atLeast: number): Promise<number | null>;
+
+  /**
    * Calls `listener` with the key when a lock is released (best effort: waiters still poll),
    * and with null when releases may have gone unseen: the notification channel has just been
    * (re)established, so every waiter should look again.
@@ -57,6 +63,13 @@ export interface LockBackend {
   onRelease(listener: (key: string | null) => void): () => void;
 
   close(): Promise<void>;
+}
+
+/** A fence to raise past must be a whole number that Lua and Postgres (bigint) read exactly. */
+export function assertFence(fence: number): void {
+  if (!Number.isSafeInteger(fence) || fence < 0) {
+    throw new RangeError(`a fence must be a non-negative safe integer, got ${fence}`);
+  }
 }
 
 /** A LockHolder as JSON, the form in which backends store it (see HolderEncoder). */

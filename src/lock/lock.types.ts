@@ -38,6 +38,12 @@ export interface LockHandle {
   extend(ttlMs?: number): Promise<void>;
   /** Releases if still held; true when this call removed the lock. Never throws for a lost lock. */
   release(): Promise<boolean>;
+  /**
+   * Proves the lock is still held and moves its fence above `atLeast` (a fence recorded
+   * elsewhere, e.g. by PostgresFencing after Redis lost its counter): the new fence, which
+   * `fence` returns from then on; null (and the handle counts as lost) when no longer held.
+   */
+  raiseFence(atLeast: number): Promise<number | null>;
 }
 
 /** Several keys held together (acquireMany); fences per key. */

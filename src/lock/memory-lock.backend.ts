@@ -2,6 +2,7 @@ import {
   AttemptResult,
   EncodedHolder,
   LockBackend,
+  assertFence,
   decodeLockValue,
   encodeLockValue,
 } from './lock-backend';
@@ -134,6 +135,14 @@ export class MemoryLockBackend implements LockBackend {
   onRelease(listener: (key: string | null) => void): () => void {
     this.listeners.add(listener);
     return () => this.listeners.delete(listener);
+  }
+
+  raiseFence(key: string, token: string, atLeast: number): Promise<number | null> {
+    assertFence(atLeast);
+    const entry = this.live(key);
+    if (!entry || !ownedBy(entry, token)) return Promise.resolve(null);
+    this.fences.set(key, Math.max(this.fences.get(key) ?? 0, atLeast));
+    return Promise.resolve(this.bumpFence(key));
   }
 
   close(): Promise<void> {

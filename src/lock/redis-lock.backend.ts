@@ -7,6 +7,7 @@ import {
   AttemptResult,
   EncodedHolder,
   LockBackend,
+  assertFence,
   decodeLockValue,
   encodeLockValue,
 } from './lock-backend';
@@ -19,6 +20,7 @@ import {
   EXTEND,
   FORCE_RELEASE,
   LEAVE_QUEUE,
+  RAISE_FENCE,
   RELEASE,
 } from './redis-lock.scripts';
 
@@ -31,6 +33,7 @@ const SCRIPTS = {
   extend: new LuaScript(EXTEND),
   release: new LuaScript(RELEASE),
   forceRelease: new LuaScript(FORCE_RELEASE),
+  raiseFence: new LuaScript(RAISE_FENCE),
 };
 
 const fenceKey = (key: string) => siblingKey(key, 'fence');
@@ -149,6 +152,17 @@ export class RedisLockBackend implements LockBackend {
       [this.releaseChannel],
     )) as [string | null, number];
     return { key, released: value !== null, previousHolder: decodeLockValue(value), fence };
+  }
+
+  async raiseFence(key: string, token: string, atLeast: number): Promise<number | null> {
+    assertFence(atLeast);
+    const fence = (await this.run(
+      SCRIPTS.raiseFence,
+      key,
+      [key, fenceKey(key)],
+      [`${token}:`, atLeast],
+    )) as number;
+    return fence > 0 ? fence : null;
   }
 
   onRelease(listener: (key: string | null) => void): () => void {

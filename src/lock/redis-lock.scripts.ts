@@ -146,3 +146,18 @@ redis.call('DEL', KEYS[1])
 if ARGV[1] ~= '' then redis.call('PUBLISH', ARGV[1], KEYS[1]) end
 return {value, redis.call('INCR', KEYS[2])}
 `;
+
+/**
+ * Raises the fence of a lock its owner still holds, above a fence recorded elsewhere (Postgres):
+ * after a restart without persistence or a failover, the counter can be behind what was written.
+ * KEYS[1] lock key, KEYS[2] fence counter. ARGV[1] `<token>:`, ARGV[2] the fence to pass.
+ * Returns the new fence (> ARGV[2]), or 0 when the lock is not held by the token.
+ */
+export const RAISE_FENCE = `
+local value = redis.call('GET', KEYS[1])
+if not value or string.sub(value, 1, #ARGV[1]) ~= ARGV[1] then return 0 end
+if tonumber(redis.call('GET', KEYS[2]) or '0') < tonumber(ARGV[2]) then
+  redis.call('SET', KEYS[2], ARGV[2])
+end
+return redis.call('INCR', KEYS[2])
+`;

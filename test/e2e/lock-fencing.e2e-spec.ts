@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { Pool } from 'pg';
-import { LockService, PostgresFencing, StaleFenceError } from '../../src/lock';
+import { Fenced, LockService, PostgresFencing, StaleFenceError } from '../../src/lock';
 import { PG_POOL } from '../../src/database/database.constants';
 import { TestApp, startTestApp } from '../support/app';
 
@@ -22,7 +22,7 @@ describe('Postgres fencing', () => {
     await app.close();
   });
 
-  const write = (lock: { key: string; fence: number }) =>
+  const write = (lock: Fenced) =>
     fencing.transaction(pool, lock, (client) =>
       client.query('INSERT INTO fencing_test_writes VALUES ($1, $2)', [lock.key, lock.fence]),
     );
@@ -35,10 +35,10 @@ describe('Postgres fencing', () => {
       )
     ).rows.map((row) => Number(row.fence));
 
-  it('accepts the same or a newer fence and rolls back a write with an older one', async () => {
+  it('accepts the same (same holder) or a newer fence and rolls back a write with an older one', async () => {
     const lockKey = key('order');
-    await write({ key: lockKey, fence: 5 });
-    await write({ key: lockKey, fence: 5 });
+    await write({ key: lockKey, fence: 5, token: 'holder' });
+    await write({ key: lockKey, fence: 5, token: 'holder' });
     await expect(write({ key: lockKey, fence: 4 })).rejects.toBeInstanceOf(StaleFenceError);
     await write({ key: lockKey, fence: 9 });
     await expect(write({ key: lockKey, fence: 5 })).rejects.toBeInstanceOf(StaleFenceError);

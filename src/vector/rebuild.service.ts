@@ -388,15 +388,15 @@ export class RebuildService {
     await client.query(`SET LOCAL lock_timeout = '${DROP_LOCK_TIMEOUT}'`);
     try {
       await this.dropSlot(client, slot);
-      await client.query('RELEASE SAVEPOINT drop_slot');
-      return true;
     } catch (error) {
       if (!isLockTimeout(error)) throw error;
+      // Also undoes the SET LOCAL above.
       await client.query('ROLLBACK TO SAVEPOINT drop_slot');
       return false;
-    } finally {
-      await client.query('SET LOCAL lock_timeout = 0');
     }
+    await client.query('RELEASE SAVEPOINT drop_slot');
+    await client.query('SET LOCAL lock_timeout TO DEFAULT');
+    return true;
   }
 
   private async dropSlot(client: PoolClient, slot: SlotRow): Promise<void> {

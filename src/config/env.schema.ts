@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { MAX_REDIS_DB, redisUrlProblem } from '../redis/redis-url';
 
 // 0 asks the OS for any free port (tests use it).
 const port = z.coerce.number().int().min(0).max(65535);
@@ -60,13 +61,20 @@ export const envSchema = z.object({
   RATE_LIMIT_ADMIN_PER_MINUTE: positiveInt.default(60),
 
   REDIS_MODE: z.enum(['standalone', 'sentinel', 'cluster']).default('standalone'),
-  REDIS_URL: url(['redis:', 'rediss:']),
+  // redis[s]://[[user]:password@]host[:port][/db]; REDIS_PASSWORD and REDIS_DB override its parts.
+  REDIS_URL: z.string().superRefine((value, ctx) => {
+    const problem = redisUrlProblem(value);
+    if (problem) ctx.addIssue({ code: 'custom', message: problem });
+  }),
   REDIS_SENTINELS: hostList.optional(),
   REDIS_SENTINEL_NAME: z.string().min(1).default('mymaster'),
   REDIS_CLUSTER_NODES: hostList.optional(),
   REDIS_PASSWORD: z.string().min(1).optional(),
-  REDIS_DB: nonNegativeInt.max(15).optional(),
+  REDIS_DB: nonNegativeInt.max(MAX_REDIS_DB).optional(),
   REDIS_CONNECT_TIMEOUT_MS: positiveInt.default(5_000),
+  // Longest wait for any one Redis reply: a server that stops answering with its connection
+  // still open costs a request this long, then a 503, instead of hanging it.
+  REDIS_COMMAND_TIMEOUT_MS: positiveInt.default(1_500),
 
   LOCK_BACKEND: z.enum(['redis', 'memory']).default('redis'),
   LOCK_PREFIX: z

@@ -12,8 +12,10 @@ import { AppConfigService } from '../config/app-config.module';
 import { Env } from '../config/env.schema';
 import { ConfigService } from '@nestjs/config';
 import { REDIS_CLIENT, RedisConnection } from './redis.constants';
+import { redisUrlOptions } from './redis-url';
 
 const logger = new Logger('Redis');
+const KEEPALIVE_MS = 10_000;
 
 /**
  * The application's Redis client for the configured topology: standalone (REDIS_URL), Sentinel
@@ -21,11 +23,14 @@ const logger = new Logger('Redis');
  */
 function createRedisClient(config: AppConfigService): RedisConnection {
   const mode = config.get('REDIS_MODE', { infer: true });
-  const url = new URL(config.get('REDIS_URL', { infer: true }));
+  // The URL's parts as explicit options, so that REDIS_PASSWORD and REDIS_DB really override it.
+  const { host, port, username, password, db, tls } = redisUrlOptions(
+    config.get('REDIS_URL', { infer: true }),
+  );
   const options: RedisOptions = {
-    password:
-      config.get('REDIS_PASSWORD', { infer: true }) ??
-      (decodeURIComponent(url.password) || undefined),
+    username,
+    password: config.get('REDIS_PASSWORD', { infer: true }) ?? password,
+    tls,
     connectionName: 'vector-service',
     // Connect in onModuleInit, once every provider exists: a start-up that fails earlier (say,
     // on migrations) then leaves no socket or reconnect timer behind.
@@ -35,13 +40,18 @@ function createRedisClient(config: AppConfigService): RedisConnection {
     // outage at once and answer 503 rather than hang or act on stale assumptions.
     enableOfflineQueue: false,
     maxRetriesPerRequest: 1,
+    // A server that stops answering keeps its connection open (stopped, stuck, frozen VM):
+    // without this every command would wait for it. It also bounds the ready check after a
+    // reconnection. A timed-out command stays queued, so later replies still match up.
+    commandTimeout: config.get('REDIS_COMMAND_TIMEOUT_MS', { infer: true }),
+    // Probe idle connections (subscribers above all) so a peer that vanished without closing
+    // the connection is noticed by the OS rather than after hours.
+    keepAlive: KEEPALIVE_MS,
     retryStrategy: (attempt) => Math.min(attempt * 100, 2_000),
   };
   let client: RedisConnection;
   if (mode === 'cluster') {
-    const nodes = config.get('REDIS_CLUSTER_NODES', { infer: true }) ?? [
-      { host: url.hostname, port: Number(url.port || 6379) },
-    ];
+    const nodes = config.get('REDIS_CLUSTER_NODES', { infer: true }) ?? [{ host, port }];
     client = new Cluster(nodes, {
       lazyConnect: true,
       enableOfflineQueue: false,
@@ -53,10 +63,15 @@ function createRedisClient(config: AppConfigService): RedisConnection {
       ...options,
       sentinels: config.get('REDIS_SENTINELS', { infer: true }),
       name: config.get('REDIS_SENTINEL_NAME', { infer: true }),
-      db: config.get('REDIS_DB', { infer: true }),
+      db: config.get('REDIS_DB', { infer: true }) ?? db,
     });
   } else {
-    client = new Redis(url.toString(), { ...options, db: config.get('REDIS_DB', { infer: true }) });
+    client = new Redis({
+      ...options,
+      host,
+      port,
+      db: config.get('REDIS_DB', { infer: true }) ?? db,
+    });
   }
   // One log line per state change, not one per failed reconnect attempt.
   let healthy = true;

@@ -4,6 +4,14 @@ import { ForceReleaseResult, LockHolder, LockStatus } from './lock.types';
 export type AttemptResult =
   { acquired: true; fences: number[] } | { acquired: false; holderTtlMs: number | null };
 
+/** A force-release aimed at one holder: done (or nobody held it), or someone else holds it now. */
+export type AimedForceRelease =
+  | (ForceReleaseResult & { holderChanged: false })
+  | (ForceReleaseResult & { holderChanged: true; holder: LockHolder | null });
+
+/** How long a backend remembers a force-release, so that repeating it changes nothing. */
+export const FORCED_RELEASE_MEMORY_MS = 10 * 60_000;
+
 /**
  * What a lock store must do, atomically per call. LockService builds waiting, leases, the
  * watchdog and metrics on top; Redis and memory implement this and pass one contract suite.
@@ -14,6 +22,8 @@ export interface LockBackend {
   /**
    * Takes every key (all or none) for `ttlMs`, bumping each key's fence. A caller that
    * `willWait` on failure asks to be woken when the lock that stopped it is released.
+   * Idempotent per token: finding the keys already held by `token` (a retry after a lost
+   * reply) is success, with the fences they were taken with.
    */
   tryAcquire(
     keys: string[],
@@ -26,6 +36,7 @@ export interface LockBackend {
   /**
    * Fair variant for one key: joins the key's ticket queue (once) and takes the lock only when
    * first in line. Waiters not seen for `staleMs` are dropped from the head of the queue.
+   * Idempotent per token, as tryAcquire.
    */
   tryAcquireFair(
     key: string,
@@ -46,8 +57,11 @@ export interface LockBackend {
 
   status(key: string): Promise<LockStatus>;
 
-  /** Removes the lock whoever holds it and bumps its fence. */
-  forceRelease(key: string): Promise<ForceReleaseResult>;
+  /**
+   * Removes the lock if its holder is the one with `holderFence`, and bumps its fence. Repeated
+   * for the same fence, it answers as the first time and removes nobody (not the next holder).
+   */
+  forceRelease(key: string, holderFence: number): Promise<AimedForceRelease>;
 
   /**
    * If `token` still holds `key`, sets its fence counter to at least `atLeast` and bumps it:

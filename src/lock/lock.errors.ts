@@ -56,3 +56,23 @@ export class StaleFenceError extends LockError {
     super(`fencing token ${fence} for ${key} is stale: a newer holder has written`, key);
   }
 }
+
+/**
+ * A force-release aimed at the holder with `expectedFence` found another holder (fence
+ * `currentFence`) in its place: the lock changed hands since the operator looked, so nothing
+ * was removed.
+ */
+export class LockHolderChangedError extends LockError {
+  override readonly name = 'LockHolderChangedError';
+
+  constructor(
+    key: string,
+    readonly expectedFence: number,
+    readonly currentFence: number,
+  ) {
+    super(
+      `lock ${key} is now held by the holder with fencing token ${currentFence}, not ${expectedFence}`,
+      key,
+    );
+  }
+}

@@ -5,9 +5,10 @@ import { Inject, Injectable, Logger, OnModuleDestroy } from '@nestjs/common';
 import { KeyedWakeups, Wakeable } from '../common/keyed-wakeups';
 import { definedOnly } from '../common/objects';
 import { HeldLock, HeldLockHooks } from './held-lock';
-import { AttemptResult, HolderEncoder, LockBackend } from './lock-backend';
+import { AimedForceRelease, AttemptResult, HolderEncoder, LockBackend } from './lock-backend';
+import { assertTtlMs, assertWaitTimeoutMs } from './lock-durations';
 import { LOCK_BACKEND } from './lock.constants';
-import { LockBackendError, LockNotAcquiredError } from './lock.errors';
+import { LockBackendError, LockHolderChangedError, LockNotAcquiredError } from './lock.errors';
 import { assertLockKey } from './lock-keys';
 import { LockMetrics } from './lock.metrics';
 import { LOCK_MODULE_OPTIONS, LockModuleOptions } from './lock.module-definition';
@@ -30,6 +31,12 @@ const DEFAULTS = {
 };
 
 const EXPIRY_SWEEP_MS = 1_000;
+// A force-release without a fence aims at the holder it has just read; if the lock changes
+// hands in between, it reads again, this many times at most.
+const FORCE_RELEASE_READS = 5;
+// Attempts being cleared while the backend fails; beyond this many (an outage under load),
+// further ones are left to expire with their TTL.
+const MAX_PENDING_ABANDONS = 1_000;
 // Lock keys repeat (one per resource): each is checked once, in a bounded memory.
 const MAX_CHECKED_KEYS = 10_000;
 
@@ -64,6 +71,8 @@ export class LockService implements OnModuleDestroy {
   private readonly holders: HolderEncoder;
   private readonly checkedKeys = new Set<string>();
   private sequence = 0;
+  private closed = false;
+  private pendingAbandons = 0;
   private readonly untrack: () => void;
   // Handles nobody watches have no timer of their own; this notices the ones left to expire.
   private readonly expirySweep: NodeJS.Timeout;
@@ -166,29 +175,71 @@ export class LockService implements OnModuleDestroy {
   }
 
   /**
-   * Removes a lock whoever holds it, for stuck locks. Only keys under the lock prefix. Bumps the
-   * fence so the old holder's later fenced writes fail, and logs an audit line.
+   * Removes a stuck lock, for operators. Only keys under the lock prefix. Acts on one holder
+   * only: the one with `fence` (as status() showed it), or else the one holding it when this is
+   * called; throws LockHolderChangedError when another holder has taken its place. So a repeat
+   * (a resent script after a lost reply, a retried request) can never evict the next holder.
+   * Bumps the fence so the old holder's later fenced writes fail, and logs an audit line, also
+   * when the onForceRelease hook throws.
    */
-  async forceRelease(key: string, audit: { by?: string } = {}): Promise<ForceReleaseResult> {
+  async forceRelease(
+    key: string,
+    options: { fence?: number; by?: string } = {},
+  ): Promise<ForceReleaseResult> {
     assertLockKey(key, this.settings.prefix);
-    const result = await this.backend.forceRelease(key);
-    if (result.released) {
-      this.metrics.forcedReleases.inc();
-      await this.options.onForceRelease?.(result);
+    if (options.fence !== undefined && !(Number.isSafeInteger(options.fence) && options.fence >= 0))
+      throw new RangeError(`fence must be a whole number, 0 or more, got ${options.fence}`);
+    let result: AimedForceRelease | undefined;
+    let failure: string | undefined;
+    try {
+      result = await this.forceReleaseOne(key, options.fence);
+      if (result.released) {
+        this.metrics.forcedReleases.inc();
+        await this.options.onForceRelease?.(result);
+      }
+    } catch (error) {
+      failure = error instanceof Error ? error.message : 'unknown error';
+      throw error;
+    } finally {
+      this.logger.warn({
+        msg: 'lock force-release',
+        audit: true,
+        lock_key: key,
+        released: result?.released ?? null,
+        previous_holder: result?.previousHolder ?? null,
+        fence: result?.fence ?? null,
+        holder_fence: options.fence ?? null,
+        ...(result?.holderChanged && { refused: 'held by another holder', holder: result.holder }),
+        ...(failure !== undefined && { error: failure }),
+        by: options.by ?? 'unknown',
+      });
     }
-    this.logger.warn({
-      msg: 'lock force-release',
-      audit: true,
-      lock_key: key,
+    if (result.holderChanged) {
+      throw new LockHolderChangedError(key, options.fence ?? result.fence, result.fence);
+    }
+    return {
+      key,
       released: result.released,
-      previous_holder: result.previousHolder,
+      previousHolder: result.previousHolder,
       fence: result.fence,
-      by: audit.by ?? 'unknown',
-    });
-    return result;
+    };
+  }
+
+  /** The backend's force-release, aimed at the holder with `fence`, or the current one. */
+  private async forceReleaseOne(
+    key: string,
+    fence: number | undefined,
+  ): Promise<AimedForceRelease> {
+    if (fence !== undefined) return this.backend.forceRelease(key, fence);
+    for (let read = 1; ; read++) {
+      const current = await this.backend.status(key);
+      const result = await this.backend.forceRelease(key, current.fence);
+      if (!result.holderChanged || read === FORCE_RELEASE_READS) return result;
+    }
   }
 
   async onModuleDestroy(): Promise<void> {
+    this.closed = true;
     clearInterval(this.expirySweep);
     this.untrack();
     this.unsubscribe?.();
@@ -205,8 +256,8 @@ export class LockService implements OnModuleDestroy {
     this.assertKeys(keys);
     const ttlMs = request.ttlMs ?? this.settings.defaultTtlMs;
     const waitMs = mode.waits ? (request.waitTimeoutMs ?? this.settings.defaultWaitTimeoutMs) : 0;
-    if (!(ttlMs > 0) || !(waitMs >= 0))
-      throw new RangeError('ttlMs must be > 0, waitTimeoutMs >= 0');
+    assertTtlMs(ttlMs);
+    assertWaitTimeoutMs(waitMs);
     const operation = request.operation ?? 'unnamed';
     const metrics = this.metrics.of(operation);
     // Unique per acquisition; no colon (values are `<token>:<holder>`).
@@ -278,10 +329,57 @@ export class LockService implements OnModuleDestroy {
         await wake.sleep(Math.min(delay, left), request.signal);
       }
     } catch (error) {
-      if (fair) await this.leaveQueue(keys[0], token);
+      // Gave up (timeout, abort) or the backend failed. An attempt whose reply was lost may
+      // have taken the keys under our token, or taken some of them: they go, as does our place
+      // in the fair queue. Awaited unless the backend is failing, which it must not prolong.
+      const abandoned = this.abandon(keys, token, fair, performance.now() + ttlMs);
+      if (!(error instanceof LockBackendError)) await abandoned;
       throw error;
     } finally {
       wake?.dispose();
+    }
+  }
+
+  /**
+   * Compare-and-deletes whatever `token` may hold of `keys` and leaves the fair queue. Retried
+   * with backoff while the backend fails, until `until`: by then a lease that a lost attempt
+   * took has run out by itself.
+   */
+  private async abandon(
+    keys: string[],
+    token: string,
+    fair: boolean,
+    until: number,
+  ): Promise<void> {
+    let pending = false;
+    try {
+      for (let attempt = 0; ; attempt++) {
+        try {
+          await Promise.all([
+            this.backend.release(keys, token),
+            fair ? this.backend.leaveQueue(keys[0], token) : undefined,
+          ]);
+          return;
+        } catch (error) {
+          const left = until - performance.now();
+          const crowded = !pending && this.pendingAbandons >= MAX_PENDING_ABANDONS;
+          if (left <= 0 || this.closed || crowded) {
+            this.logger.warn(
+              `could not clear an abandoned attempt on ${keys.join(', ')}, it expires with its TTL: ${String(error)}`,
+            );
+            return;
+          }
+          if (!pending) {
+            pending = true;
+            this.pendingAbandons++;
+          }
+          await new Promise((resolve) =>
+            setTimeout(resolve, Math.min(left, this.backoff(attempt))).unref(),
+          );
+        }
+      }
+    } finally {
+      if (pending) this.pendingAbandons--;
     }
   }
 

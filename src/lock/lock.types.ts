@@ -34,7 +34,12 @@ export interface LockHandle {
   readonly fence: number;
   /** Aborted (with a LockLostError) once the lease can no longer be guaranteed. */
   readonly signal: AbortSignal;
-  /** Resets the lease to `ttlMs` (default: the acquired TTL). Throws LockLostError if not held. */
+  /** True until the lease is released or can no longer be guaranteed (then `signal` aborts). */
+  readonly held: boolean;
+  /**
+   * Resets the lease to `ttlMs` (default: the current TTL), a whole number of ms up to 2^31-1.
+   * Throws LockLostError if not held.
+   */
   extend(ttlMs?: number): Promise<void>;
   /** Releases if still held; true when this call removed the lock. Never throws for a lost lock. */
   release(): Promise<boolean>;

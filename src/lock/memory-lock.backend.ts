@@ -1,6 +1,8 @@
 import {
+  AimedForceRelease,
   AttemptResult,
   EncodedHolder,
+  FORCED_RELEASE_MEMORY_MS,
   LockBackend,
   assertFence,
   decodeLockValue,
@@ -18,6 +20,13 @@ interface Waiter {
   seenAt: number;
 }
 
+/** The last force-release of a key, remembered so that repeating it changes nothing. */
+interface ForcedRelease {
+  holderFence: number;
+  result: ForceReleaseResult;
+  until: number;
+}
+
 /**
  * Single-process lock store with the Redis backend's semantics (leases, fences, fair queue).
  * For tests and single-instance deployments only: it gives no exclusion across processes.
@@ -27,6 +36,7 @@ export class MemoryLockBackend implements LockBackend {
   private readonly locks = new Map<string, Entry>();
   private readonly fences = new Map<string, number>();
   private readonly queues = new Map<string, Waiter[]>();
+  private readonly forced = new Map<string, ForcedRelease>();
   private readonly listeners = new Set<(key: string) => void>();
 
   tryAcquire(
@@ -38,7 +48,9 @@ export class MemoryLockBackend implements LockBackend {
   ): Promise<AttemptResult> {
     for (const key of keys) {
       const entry = this.live(key);
-      if (entry) return Promise.resolve({ acquired: false, holderTtlMs: this.ttlOf(entry) });
+      if (!entry) continue;
+      if (ownedBy(entry, token) && this.heldBy(keys, token)) return this.retaken(keys);
+      return Promise.resolve({ acquired: false, holderTtlMs: this.ttlOf(entry) });
     }
     return Promise.resolve({
       acquired: true,
@@ -53,6 +65,7 @@ export class MemoryLockBackend implements LockBackend {
     holder: EncodedHolder,
     staleMs: number,
   ): Promise<AttemptResult> {
+    if (this.heldBy([key], token)) return this.retaken([key]);
     const now = Date.now();
     const queue = this.queues.get(key) ?? [];
     this.queues.set(key, queue);
@@ -111,25 +124,42 @@ export class MemoryLockBackend implements LockBackend {
     });
   }
 
-  forceRelease(key: string): Promise<ForceReleaseResult> {
+  forceRelease(key: string, holderFence: number): Promise<AimedForceRelease> {
+    const forced = this.forced.get(key);
+    if (forced && forced.until > Date.now() && forced.holderFence === holderFence) {
+      return Promise.resolve({ ...forced.result, holderChanged: false });
+    }
     const entry = this.live(key);
+    const fence = this.fences.get(key) ?? 0;
     if (!entry) {
       return Promise.resolve({
         key,
         released: false,
         previousHolder: null,
-        fence: this.fences.get(key) ?? 0,
+        fence,
+        holderChanged: false,
+      });
+    }
+    if (fence !== holderFence) {
+      return Promise.resolve({
+        key,
+        released: false,
+        previousHolder: null,
+        fence,
+        holderChanged: true,
+        holder: decodeLockValue(entry.value),
       });
     }
     this.locks.delete(key);
-    const fence = this.bumpFence(key);
-    this.announce(key);
-    return Promise.resolve({
+    const result = {
       key,
       released: true,
       previousHolder: decodeLockValue(entry.value),
-      fence,
-    });
+      fence: this.bumpFence(key),
+    };
+    this.forced.set(key, { holderFence, result, until: Date.now() + FORCED_RELEASE_MEMORY_MS });
+    this.announce(key);
+    return Promise.resolve({ ...result, holderChanged: false });
   }
 
   onRelease(listener: (key: string | null) => void): () => void {
@@ -153,6 +183,19 @@ export class MemoryLockBackend implements LockBackend {
   private take(key: string, token: string, ttlMs: number, holder: EncodedHolder): number {
     this.locks.set(key, { value: encodeLockValue(token, holder), expiresAt: Date.now() + ttlMs });
     return this.bumpFence(key);
+  }
+
+  /** Every key still held by `token`: a retry of an attempt that took them. */
+  private heldBy(keys: string[], token: string): boolean {
+    return keys.every((key) => {
+      const entry = this.live(key);
+      return entry !== undefined && ownedBy(entry, token);
+    });
+  }
+
+  /** The answer of the attempt that took them, with the fences it issued. */
+  private retaken(keys: string[]): Promise<AttemptResult> {
+    return Promise.resolve({ acquired: true, fences: keys.map((key) => this.fences.get(key)!) });
   }
 
   private bumpFence(key: string): number {

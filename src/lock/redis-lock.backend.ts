@@ -4,8 +4,10 @@ import { Logger } from '@nestjs/common';
 import calculateSlot from 'cluster-key-slot';
 import Redis, { Cluster } from 'ioredis';
 import {
+  AimedForceRelease,
   AttemptResult,
   EncodedHolder,
+  FORCED_RELEASE_MEMORY_MS,
   LockBackend,
   assertFence,
   decodeLockValue,
@@ -13,7 +15,7 @@ import {
 } from './lock-backend';
 import { LockBackendError } from './lock.errors';
 import { siblingKey } from './lock-keys';
-import { ForceReleaseResult, LockStatus } from './lock.types';
+import { LockStatus } from './lock.types';
 import {
   ACQUIRE,
   ACQUIRE_FAIR,
@@ -144,14 +146,17 @@ export class RedisLockBackend implements LockBackend {
     }
   }
 
-  async forceRelease(key: string): Promise<ForceReleaseResult> {
-    const [value, fence] = (await this.run(
+  async forceRelease(key: string, holderFence: number): Promise<AimedForceRelease> {
+    const [value, fence, changed] = (await this.run(
       SCRIPTS.forceRelease,
       key,
-      [key, fenceKey(key)],
-      [this.releaseChannel],
-    )) as [string | null, number];
-    return { key, released: value !== null, previousHolder: decodeLockValue(value), fence };
+      [key, fenceKey(key), siblingKey(key, 'forced')],
+      [this.releaseChannel, holderFence, FORCED_RELEASE_MEMORY_MS],
+    )) as [string | null, number, number];
+    const holder = decodeLockValue(value);
+    return changed === 1
+      ? { key, released: false, previousHolder: null, fence, holderChanged: true, holder }
+      : { key, released: value !== null, previousHolder: holder, fence, holderChanged: false };
   }
 
   async raiseFence(key: string, token: string, atLeast: number): Promise<number | null> {

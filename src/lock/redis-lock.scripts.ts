@@ -9,6 +9,9 @@
  * Takes N locks, all or none, and bumps each one's fence. A caller that will wait marks the
  * value of the lock that stopped it (a trailing `!`), so that its release announces itself:
  * an uncontended release publishes nothing, and nobody has to keep a count of waiters.
+ * Run again with the same token (a client resending after a lost reply), it finds the locks
+ * already ours and answers as the first run did, with the fences that run issued: nothing
+ * changes a held lock's fence counter but a force-release, which also removes the lock.
  * KEYS[1..N] lock keys, KEYS[N+1..2N] fence counters.
  * ARGV[1] lock value, ARGV[2] ttl in ms, ARGV[3] '1' if the caller will wait, else '0'.
  * Returns {1, fence1, ..., fenceN} when taken, else {0, pttl of the first taken key}; for one
@@ -27,10 +30,25 @@ else
   end
 end
 if taken then
-  if ARGV[3] == '1' then
-    local value = redis.call('GET', KEYS[taken])
-    -- 33 is '!': marked once, however often waiters are turned away.
-    if string.byte(value, -1) ~= 33 then redis.call('APPEND', KEYS[taken], '!') end
+  local value = redis.call('GET', KEYS[taken])
+  -- The lock value starts with '<token>:'.
+  local owner = string.sub(ARGV[1], 1, string.find(ARGV[1], ':', 1, true))
+  if string.sub(value, 1, #owner) == owner then
+    local result = {1}
+    for i = 1, n do
+      local held = redis.call('GET', KEYS[i])
+      -- Some of them only (one expired and was taken by another): taken, as for anyone.
+      if not held or string.sub(held, 1, #owner) ~= owner then result = nil break end
+      result[i + 1] = tonumber(redis.call('GET', KEYS[n + i]))
+    end
+    if result then
+      if n == 1 then return result[2] end
+      return result
+    end
+  end
+  -- 33 is '!': marked once, however often waiters are turned away.
+  if ARGV[3] == '1' and string.byte(value, -1) ~= 33 then
+    redis.call('APPEND', KEYS[taken], '!')
   end
   local ttl = redis.call('PTTL', KEYS[taken])
   if n == 1 then return -3 - ttl end
@@ -51,10 +69,16 @@ return result
  * KEYS[4] last-seen times (hash token -> ms), KEYS[5] ticket counter.
  * ARGV[1] lock value, ARGV[2] ttl in ms, ARGV[3] waiter token, ARGV[4] stale-after ms.
  * A waiter turned away marks the holder's value, as in ACQUIRE; a waiter that takes the lock
- * with others still queued marks its own, so its release wakes them.
+ * with others still queued marks its own, so its release wakes them. Run again after taking
+ * the lock (a resent request), it answers as the first run did, as ACQUIRE does.
  * Returns {1, fence} when taken, else {0, pttl of the holder (-2 if none)}.
  */
 export const ACQUIRE_FAIR = `
+local token, stale = ARGV[3], tonumber(ARGV[4])
+local held = redis.call('GET', KEYS[1])
+if held and string.sub(held, 1, #token + 1) == token .. ':' then
+  return {1, tonumber(redis.call('GET', KEYS[2]))}
+end
 local function turned_away()
   local value = redis.call('GET', KEYS[1])
   if value and string.byte(value, -1) ~= 33 then redis.call('APPEND', KEYS[1], '!') end
@@ -62,7 +86,6 @@ local function turned_away()
 end
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-local token, stale = ARGV[3], tonumber(ARGV[4])
 if not redis.call('ZSCORE', KEYS[3], token) then
   redis.call('ZADD', KEYS[3], redis.call('INCR', KEYS[5]), token)
 end
@@ -133,18 +156,34 @@ return released
 `;
 
 /**
- * Removes a lock whoever holds it and bumps its fence, so the old holder's fenced writes fail.
- * KEYS[1] lock key, KEYS[2] fence counter. ARGV[1] release channel ('' for none).
- * Returns {removed value or false, fence after the call}.
+ * Removes the lock of the holder with the given fence (the one the operator saw) and bumps the
+ * fence, so that holder's fenced writes fail. A holder's fence is the key's fence counter
+ * (only taking the lock bumps it, and a force-release, which removes the lock). Each removal is
+ * remembered for a while: run again for the same fence (a resent script, a repeated request),
+ * it answers as the first run did and removes nobody, not even the holder that came next.
+ * KEYS[1] lock key, KEYS[2] fence counter, KEYS[3] last removal (`<fence>:<removed value>`).
+ * ARGV[1] release channel ('' for none), ARGV[2] the holder's fence, ARGV[3] how long the
+ * removal is remembered, in ms.
+ * Returns {removed value, fence after the bump, 0} when removed; {false, fence, 0} when nobody
+ * holds the lock; {current holder's value, its fence, 1} when someone else holds it.
  */
 export const FORCE_RELEASE = `
-local value = redis.call('GET', KEYS[1])
-if not value then
-  return {false, tonumber(redis.call('GET', KEYS[2]) or '0')}
+local expected = tonumber(ARGV[2])
+local removed = redis.call('GET', KEYS[3])
+if removed then
+  local separator = string.find(removed, ':', 1, true)
+  if tonumber(string.sub(removed, 1, separator - 1)) == expected then
+    return {string.sub(removed, separator + 1), expected + 1, 0}
+  end
 end
+local fence = tonumber(redis.call('GET', KEYS[2]) or '0')
+local value = redis.call('GET', KEYS[1])
+if not value then return {false, fence, 0} end
+if fence ~= expected then return {value, fence, 1} end
 redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[3], expected .. ':' .. value, 'PX', ARGV[3])
 if ARGV[1] ~= '' then redis.call('PUBLISH', ARGV[1], KEYS[1]) end
-return {value, redis.call('INCR', KEYS[2])}
+return {value, redis.call('INCR', KEYS[2]), 0}
 `;
 
 /**

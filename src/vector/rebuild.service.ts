@@ -6,7 +6,7 @@ import { withTransactionOn } from '../database/transaction';
 import { EMBEDDING_PROVIDER } from '../embedding/embedding.module';
 import { EmbeddingProvider } from '../embedding/embedding.types';
 import { Idempotent, IdempotencyService, SingleflightOutcome } from '../idempotency';
-import { LockHandle, LockService, PostgresFencing } from '../lock';
+import { LockHandle, LockHolderChangedError, LockService, PostgresFencing } from '../lock';
 import { IndexMaintenance } from './index-maintenance.service';
 import { NamespaceRepository } from './repositories/namespace.repository';
 import { VectorItemRepository } from './repositories/vector-item.repository';
@@ -426,11 +426,15 @@ export class RebuildService {
     const record = await this.idempotency.peek(key);
     if (record?.status === 'in_progress') await this.idempotency.abandon(key, record.owner);
     if (latest.fence !== null) {
-      const lockKey = rebuildLockKey(namespace);
-      const status = await this.locks.status(lockKey);
-      if (status.locked && status.fence === latest.fence) {
-        await this.locks.forceRelease(lockKey, { by: 'abandoned-rebuild-takeover' });
-      }
+      // Aimed at the dead run's fence: a lock that has passed to anyone else is left alone.
+      await this.locks
+        .forceRelease(rebuildLockKey(namespace), {
+          fence: latest.fence,
+          by: 'abandoned-rebuild-takeover',
+        })
+        .catch((error: unknown) => {
+          if (!(error instanceof LockHolderChangedError)) throw error;
+        });
     }
   }
 

@@ -10,7 +10,9 @@ import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
 import { Client, Pool } from 'pg';
+import { from as copyFrom, to as copyTo } from 'pg-copy-streams';
 import pgvector from 'pgvector/pg';
 import { runMigrations } from '../src/database/migrator';
 import { LeanHttpClient } from './support/lean-http-client';
@@ -54,6 +56,37 @@ function clustered(count: number, seed: number): number[][] {
     const norm = Math.hypot(...v);
     return v.map((x) => x / norm);
   });
+}
+
+/** COPY + HNSW build + ANALYZE of a slot's rows into a new table, in seconds. */
+async function rawRebuildFloor(databaseUrl: string, source: string): Promise<number> {
+  const reader = new Client({ connectionString: databaseUrl });
+  const writer = new Client({ connectionString: databaseUrl });
+  await Promise.all([reader.connect(), writer.connect()]);
+  try {
+    const { rows } = await writer.query<{ version: string }>(
+      `SELECT extversion AS version FROM pg_extension WHERE extname = 'vector'`,
+    );
+    const [major, minor, patch] = rows[0].version.split('.').map(Number);
+    await writer.query(`CREATE TABLE raw_floor (LIKE ${source} INCLUDING DEFAULTS)`);
+    await writer.query(`SET maintenance_work_mem = '1GB'`);
+    if (major * 10_000 + minor * 100 + patch < 802) {
+      await writer.query('SET max_parallel_maintenance_workers = 0');
+    }
+    const started = performance.now();
+    await pipeline(
+      reader.query(copyTo(`COPY ${source} TO STDOUT (FORMAT binary)`)),
+      writer.query(copyFrom('COPY raw_floor FROM STDIN (FORMAT binary)')),
+    );
+    await writer.query(
+      `CREATE INDEX ON raw_floor USING hnsw ((embedding::vector(${DIM})) vector_cosine_ops)
+       WITH (m = 16, ef_construction = 64)`,
+    );
+    await writer.query('ANALYZE raw_floor');
+    return (performance.now() - started) / 1000;
+  } finally {
+    await Promise.all([reader.end(), writer.end()]);
+  }
 }
 
 async function main() {
@@ -161,38 +194,27 @@ async function main() {
     );
   }
   await service.stop();
-  let started: number;
   const service2 = await startService(databaseUrl); // its start-up index pass rebuilds the index
   await waitForIndex(pool, `${partition}_hnsw`);
-  started = performance.now();
+  const started = performance.now();
   const rebuild = await service2.client.post(
     '/rebuild-index',
     JSON.stringify({ namespace: NAMESPACE, force: true }),
   );
   const rebuildSeconds = (performance.now() - started) / 1000;
-  // Baseline: re-inserting the rows into an indexed table, for a bounded time, extrapolated.
-  await pool.query(
-    `CREATE TABLE raw_reinsert (obj_ref text PRIMARY KEY, embedding vector(${DIM}))`,
-  );
-  await pool.query(`CREATE INDEX ON raw_reinsert USING hnsw (embedding vector_cosine_ops)`);
-  started = performance.now();
-  let reinserted = 0;
-  while (reinserted < ROWS && performance.now() - started < 20_000) {
-    const slice = vectors.slice(reinserted, reinserted + 1_000);
-    await pool.query(`INSERT INTO raw_reinsert SELECT * FROM unnest($1::text[], $2::vector[])`, [
-      slice.map((_, i) => `v${reinserted + i}`),
-      slice.map((v) => pgvector.toSql(v) as string),
-    ]);
-    reinserted += slice.length;
-  }
-  const reinsertSeconds = ((performance.now() - started) / 1000) * (ROWS / reinserted);
+  // Baseline: the raw floor of what a rebuild must do with the same rows — binary COPY out of
+  // the slot and into a new table, the HNSW index built after loading with the service's
+  // settings (1GB maintenance_work_mem, m 16, ef_construction 64, no parallel workers on
+  // pgvector < 0.8.2), ANALYZE — with nothing of the service's own bookkeeping.
+  const floorSeconds = await rawRebuildFloor(databaseUrl, partition);
+  const rebuildRatio = rebuildSeconds / floorSeconds;
   report.push([
-    `rebuild ${ROWS} × ${DIM} (s)`,
+    `rebuild ${ROWS} × ${DIM} (s; ratio = service / raw floor)`,
     rebuildSeconds,
-    reinsertSeconds,
-    reinsertSeconds / rebuildSeconds,
-    '≤ 120 s',
-    verdict(rebuildSeconds <= 120),
+    floorSeconds,
+    rebuildRatio,
+    '≤ 1.2×',
+    verdict(rebuildRatio <= 1.2),
   ]);
 
   // --- 3. search QPS and recall@10 -------------------------------------------------------
@@ -303,7 +325,7 @@ async function main() {
   );
   console.log(table(['measure', 'service', 'raw SQL', 'ratio', 'target', 'verdict'], report));
   console.log(
-    `\nraw re-insert measured on ${reinserted} rows in 20 s at most, extrapolated to ${ROWS}`,
+    `\nraw floor of a rebuild: binary COPY out and in, HNSW build, ANALYZE of the same ${ROWS} rows`,
   );
   console.log(
     `search ratio per paired round: ${searchRatios.map((ratio) => ratio.toFixed(2)).join(', ')}`,

@@ -172,9 +172,7 @@ describe('@Idempotent leaders that lose their lease (SIGSTOP, paused Redis)', ()
 
       const answer = await answerOf(leader, first);
       expect(answer).toMatchObject({ event: 'failed', name: 'IdempotencyLeaseLostError' });
-      expect(leader.of('returning', first)).toEqual([
-        expect.objectContaining({ aborted: true }),
-      ]);
+      expect(leader.of('returning', first)).toEqual([expect.objectContaining({ aborted: true })]);
       // Nothing was stored for the lost run: the next caller runs it again.
       expect(await record(admin, key)).toBeNull();
     } finally {

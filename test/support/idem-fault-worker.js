@@ -20,11 +20,7 @@ const { setTimeout: sleep } = require('node:timers/promises');
 const Redis = require('ioredis');
 const { Injectable, Module } = require('@nestjs/common');
 const { NestFactory } = require('@nestjs/core');
-const {
-  IdempotencyModule,
-  IdempotencyService,
-  Idempotent,
-} = require('../../dist/idempotency');
+const { IdempotencyModule, IdempotencyService, Idempotent } = require('../../dist/idempotency');
 const { IdempotencyMetrics } = require('../../dist/idempotency/idempotency.metrics');
 
 const [redisUrl, ttl, pollMs, waitTimeoutMs] = process.argv.slice(2);
@@ -99,7 +95,8 @@ async function main() {
         .work(key, workMs, id)
         .then(
           (outcome) => say({ event: 'outcome', id, outcome }),
-          (error) => say({ event: 'failed', id, name: error?.name, message: String(error?.message) }),
+          (error) =>
+            say({ event: 'failed', id, name: error?.name, message: String(error?.message) }),
         )
         .then(async () => say({ event: 'done', id, metrics: await eventCounts(metrics) }));
     } else if (command.cmd === 'exit') {

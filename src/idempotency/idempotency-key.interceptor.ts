@@ -210,7 +210,8 @@ export class IdempotencyKeyInterceptor implements NestInterceptor {
       if (!isStorableStatus(status)) {
         this.metrics.countHttp('released');
         // A retry may get another answer: release the key, unless it is no longer ours.
-        return (await this.release(leading)) ? payload : this.answerOfLostRequest(leading, reply);
+        if (await this.release(leading)) return payload;
+        return this.answerOfLostRequest(leading, reply, { unclaimed: payload });
       }
       const body = bodyOf(payload);
       let record: string | undefined;
@@ -228,7 +229,9 @@ export class IdempotencyKeyInterceptor implements NestInterceptor {
       if (record === undefined) {
         this.metrics.countHttp('not_stored');
         const size = body ? `${body.bytes} bytes` : 'a stream';
-        if (!(await this.release(leading))) return this.answerOfLostRequest(leading, reply);
+        if (!(await this.release(leading))) {
+          return this.answerOfLostRequest(leading, reply, { unclaimed: payload });
+        }
         this.logger.warn(
           `${storeKey}: response not stored: ${size}, over maxResultBytes (${this.maxResultBytes} bytes); ` +
             'the key is released, so a retry runs again',
@@ -280,9 +283,15 @@ export class IdempotencyKeyInterceptor implements NestInterceptor {
 
   /**
    * The response for a request that lost its record while it ran: the key's stored response if
-   * the request that took over has finished, else a 409 saying so. Its own is never sent.
+   * a request that took over has finished, else a 409 saying so — its own response is not the
+   * key's answer. Only a response that would not have been stored anyway (`unclaimed`) is still
+   * sent when nobody took the key over (its record merely expired).
    */
-  private async answerOfLostRequest(leading: LeadingRequest, reply: FastifyReply) {
+  private async answerOfLostRequest(
+    leading: LeadingRequest,
+    reply: FastifyReply,
+    fallback: { unclaimed?: unknown } = {},
+  ): Promise<unknown> {
     const { storeKey } = leading;
     const current = await this.store.get(storeKey).catch((error: unknown) => {
       this.logger.warn(`could not read ${storeKey}: ${String(error)}`);
@@ -301,6 +310,7 @@ export class IdempotencyKeyInterceptor implements NestInterceptor {
       });
       return stored.body;
     }
+    if (current === null && 'unclaimed' in fallback) return fallback.unclaimed;
     const state =
       current === null
         ? 'nothing is stored for it, so a retry runs again'

@@ -182,7 +182,12 @@ export class IdempotencyService implements OnModuleDestroy {
           this.logger.warn(`could not release ${key}: ${String(error)}`);
           return true;
         });
-        if (!released) return await this.outcomeOfLostRun(key, scope, 'its result was too large');
+        if (!released) {
+          // Not to be stored anyway: still its caller's answer unless another run took over.
+          return await this.outcomeOfLostRun(key, scope, 'its result was too large', undefined, {
+            result,
+          });
+        }
         this.logger.warn(
           `${key}: result not stored: ${encoded.bytes} bytes or more, over maxResultBytes ` +
             `(${this.maxResultBytes}); the key is released, so the next caller runs it again`,
@@ -215,15 +220,18 @@ export class IdempotencyService implements OnModuleDestroy {
 
   /**
    * The answer for the caller of a run that lost its lease: the key's stored result (another
-   * caller took over and finished), else an error saying why there is none.
+   * caller took over and finished), else an error saying why there is none. A result that would
+   * not have been stored anyway (`unclaimed`) is still returned when nobody took the key over.
    */
   private async outcomeOfLostRun<T>(
     key: string,
     scope: string,
     what: string,
     cause?: unknown,
+    unclaimed?: { result: T },
   ): Promise<SingleflightOutcome<T>> {
     const current = await this.store.get(key);
+    if (current === null && unclaimed) return { status: 'done', ...unclaimed, replayed: false };
     if (current?.status === 'done' && current.scope === scope) {
       this.logger.warn(
         `${key}: this run lost its lease; ${what}, not stored; its caller gets the stored result of the run that took over`,

@@ -2,6 +2,8 @@ import { randomUUID } from 'node:crypto';
 import { setTimeout as delay } from 'node:timers/promises';
 import { Logger } from '@nestjs/common';
 import Redis from 'ioredis';
+import { toProblem } from '../../src/common/problem-details.filter';
+import { IdempotencyLeaseLostError } from '../../src/idempotency';
 import { TestApp, startTestApp } from '../support/app';
 import { redisServerPid } from '../support/idem-fault-workers';
 import {
@@ -186,6 +188,12 @@ describe('HTTP Idempotency-Key under faults (private Redis)', () => {
 
     state.releaseOne();
     const done = await second;
+    // The service-level twin (a @Idempotent caller whose run was taken over) maps alike.
+    const lost = toProblem(new IdempotencyLeaseLostError('idem:x', 'taken over'), '/x');
+    expect({ status: lost.status, retryAfter: lost.retryAfter }).toEqual({
+      status: 409,
+      retryAfter: '1',
+    });
     expect(done.status).toBe(200);
     expect(done.headers['idempotent-replayed']).toBeUndefined();
     const replay = await post('held', key, body).expect(200);

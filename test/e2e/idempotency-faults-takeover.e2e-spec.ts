@@ -28,10 +28,10 @@ describe('@Idempotent leaders that lose their lease (SIGSTOP, paused Redis)', ()
   const redis = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: 1 });
   const workers: FaultWorker[] = [];
 
-  const start = async (count: number, redisUrl = TEST_REDIS_URL) => {
+  const start = async (count: number, redisUrl = TEST_REDIS_URL, ttl = LEASE_S) => {
     const settings: FaultWorkerSettings = {
       redisUrl,
-      ttl: LEASE_S,
+      ttl,
       pollMs: 100,
       waitTimeoutMs: 20_000,
     };
@@ -151,8 +151,10 @@ describe('@Idempotent leaders that lose their lease (SIGSTOP, paused Redis)', ()
     try {
       const pid = await redisServerPid(admin);
       const key = `${prefix}:unreachable`;
-      const [leader] = await start(1, server.url);
-      const first = leader.call(key, 1_500);
+      // A longer lease here: the abort is due a margin (lease/10) before it runs out.
+      const leaseMs = 1_200;
+      const [leader] = await start(1, server.url, leaseMs / 1000);
+      const first = leader.call(key, 2_500);
       await leader.next('working', first);
 
       process.kill(pid, 'SIGSTOP');
@@ -163,11 +165,11 @@ describe('@Idempotent leaders that lose their lease (SIGSTOP, paused Redis)', ()
         // renewal Redis executed was before the stop).
         aborted = await leader.next('aborted', first, 3_000);
         // Keep Redis stopped until the record has certainly expired.
-        await delay(Math.max(0, stoppedAt + LEASE_S * 1000 + 150 - Date.now()));
+        await delay(Math.max(0, stoppedAt + leaseMs + 150 - Date.now()));
       } finally {
         process.kill(pid, 'SIGCONT');
       }
-      expect(aborted.at - stoppedAt).toBeLessThan(LEASE_S * 1000);
+      expect(aborted.at - stoppedAt).toBeLessThan(leaseMs);
       expect(aborted.reason).toMatch(/could not be renewed/);
 
       const answer = await answerOf(leader, first);

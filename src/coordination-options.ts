@@ -37,6 +37,7 @@ export function idempotencyOptionsFromConfig(
   return {
     backend: config.get('IDEMPOTENCY_BACKEND', { infer: true }),
     redis,
+    maxResultBytes: config.get('IDEMPOTENCY_MAX_RESULT_BYTES', { infer: true }),
     defaults: {
       ttl_seconds: config.get('DEFAULT_IDEM_TTL_SECONDS', { infer: true }),
       in_progress_ttl: config.get('DEFAULT_IN_PROGRESS_TTL', { infer: true }),

@@ -6,7 +6,10 @@ import {
   StaleFenceError,
 } from '../lock';
 import { EmbeddingError } from '../embedding/embedding.types';
-import { IdempotencyBackendError } from '../idempotency/idempotency.errors';
+import {
+  IdempotencyBackendError,
+  IdempotencyLeaseLostError,
+} from '../idempotency/idempotency.errors';
 import { isDatabaseUnavailable, isLockTimeout } from '../database/database-errors';
 
 export interface KnownError {
@@ -35,6 +38,10 @@ export function knownError(error: unknown): KnownError | undefined {
   }
   if (error instanceof IdempotencyBackendError) {
     return { status: 503, detail: 'The idempotency store is unavailable.', retryAfterSeconds: 1 };
+  }
+  if (error instanceof IdempotencyLeaseLostError) {
+    // This run's result is not the key's answer; a retry gets the stored one or runs again.
+    return { status: 409, detail: `${error.message}. Retry.`, retryAfterSeconds: 1 };
   }
   if (error instanceof EmbeddingError) {
     // Nothing was written: embeddings are computed before the write transaction.

@@ -72,8 +72,8 @@ export function sendProblem(
   if (error instanceof ReplayedResponse) {
     void reply
       .status(error.statusCode)
+      .headers(error.headers)
       .header('Idempotent-Replayed', 'true')
-      .header('Content-Type', error.contentType)
       .send(error.body);
     return;
   }

@@ -88,6 +88,8 @@ export const envSchema = z.object({
   DEFAULT_BACKOFF_MS: positiveInt.default(100),
 
   IDEMPOTENCY_BACKEND: z.enum(['redis', 'memory']).default('redis'),
+  // Largest stored idempotent outcome (bytes); larger ones are answered but not stored.
+  IDEMPOTENCY_MAX_RESULT_BYTES: positiveInt.default(1024 * 1024),
   VECTOR_TABLES: z
     .string()
     .regex(

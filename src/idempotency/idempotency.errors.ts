@@ -22,3 +22,21 @@ export class IdempotencyResultError extends Error {
 export class IdempotencyUsageError extends Error {
   override readonly name = 'IdempotencyUsageError';
 }
+
+/**
+ * A run of an idempotency key lost its lease (its in-progress record could not be renewed in
+ * time, or another caller took the key over), so its own result is not the key's answer. Thrown
+ * to that run's caller when no stored outcome exists to give instead; also the abort reason of
+ * the run's signal. A retry gets the key's outcome (or runs again once the key is free).
+ */
+export class IdempotencyLeaseLostError extends Error {
+  override readonly name = 'IdempotencyLeaseLostError';
+
+  constructor(
+    readonly key: string,
+    reason: string,
+    options?: ErrorOptions,
+  ) {
+    super(`the run of ${key} lost its lease: ${reason}`, options);
+  }
+}

@@ -2,6 +2,7 @@ import { Module } from '@nestjs/common';
 import { DiscoveryModule } from '@nestjs/core';
 import { IdempotencyStore } from './idempotency-store';
 import { IdempotencyExplorer } from './idempotency.explorer';
+import { IdempotencyHttpHooks } from './idempotency-http.hooks';
 import { IdempotencyKeyInterceptor } from './idempotency-key.interceptor';
 import { IdempotencyMetrics } from './idempotency.metrics';
 import {
@@ -9,6 +10,7 @@ import {
   IDEMPOTENCY_MODULE_OPTIONS,
   IDEMPOTENCY_STORE,
   IdempotencyModuleOptions,
+  maxResultBytesOf,
 } from './idempotency.module-definition';
 import { IdempotencyService } from './idempotency.service';
 import { MemoryIdempotencyStore } from './memory-idempotency.store';
@@ -17,6 +19,7 @@ import { RedisIdempotencyStore } from './redis-idempotency.store';
 /** The store the options name, explicitly: a configured but unreachable Redis never becomes memory. */
 export function createIdempotencyStore(options: IdempotencyModuleOptions): IdempotencyStore {
   const prefix = options.prefix ?? 'idem:';
+  maxResultBytesOf(options);
   if (!/^[A-Za-z0-9_:.-]{1,64}$/.test(prefix)) {
     throw new Error('IdempotencyModule: prefix may hold only letters, digits and _ : . -');
   }
@@ -47,13 +50,15 @@ export function createIdempotencyStore(options: IdempotencyModuleOptions): Idemp
     IdempotencyMetrics,
     IdempotencyService,
     IdempotencyExplorer,
+    IdempotencyHttpHooks,
     IdempotencyKeyInterceptor,
   ],
-  // The store and options too: @IdempotentRoute instantiates the interceptor in the module of
-  // the controller that uses it.
+  // The store, options and metrics too: @IdempotentRoute instantiates the interceptor in the
+  // module of the controller that uses it.
   exports: [
     IdempotencyService,
     IdempotencyKeyInterceptor,
+    IdempotencyMetrics,
     IDEMPOTENCY_STORE,
     IDEMPOTENCY_MODULE_OPTIONS,
   ],

@@ -2,16 +2,19 @@ import { randomBytes } from 'node:crypto';
 import { Inject, Injectable, Logger, OnModuleDestroy } from '@nestjs/common';
 import { KeyedWakeups, Wakeable } from '../common/keyed-wakeups';
 import { definedOnly } from '../common/objects';
-import { startHeartbeat } from './heartbeat';
+import { currentLeaderSignal, runAsLeader } from './idempotency-context';
+import { IdempotencyLease } from './idempotency-lease';
 import { IdempotencyStore } from './idempotency-store';
-import { IdempotencyResultError, IdempotencyUsageError } from './idempotency.errors';
+import { IdempotencyLeaseLostError, IdempotencyUsageError } from './idempotency.errors';
 import { IdempotencyMetrics } from './idempotency.metrics';
 import {
   IDEMPOTENCY_MODULE_OPTIONS,
   IDEMPOTENCY_STORE,
   IdempotencyModuleOptions,
+  maxResultBytesOf,
 } from './idempotency.module-definition';
 import { IdempotencyConfig, SingleflightOutcome, WorkerContext } from './idempotency.types';
+import { encodeResult } from './result-json';
 
 /** The seed's defaults. */
 const SEED_DEFAULTS = {
@@ -37,12 +40,17 @@ interface Resolved {
  * the worker while heartbeating its in-progress record; the others wait for its result
  * (notified on completion, polling as the fallback) and replay it. A leader that dies stops
  * heartbeating, its record expires, and a later caller takes over.
+ *
+ * One key, one answer: a leader that lost its lease (paused, cut off from Redis) never hands its
+ * own result to its caller; the caller gets the key's stored result, or IdempotencyLeaseLostError
+ * when there is none yet. Results larger than `maxResultBytes` are answered but not stored.
  */
 @Injectable()
 export class IdempotencyService implements OnModuleDestroy {
   private readonly logger = new Logger('IdempotencyService');
   private readonly defaults: typeof SEED_DEFAULTS;
   private readonly prefix: string;
+  private readonly maxResultBytes: number;
   private readonly wakeups = new KeyedWakeups();
   private unsubscribe?: Promise<() => void>;
 
@@ -53,6 +61,18 @@ export class IdempotencyService implements OnModuleDestroy {
   ) {
     this.defaults = { ...SEED_DEFAULTS, ...definedOnly(options.defaults ?? {}) };
     this.prefix = options.prefix ?? 'idem:';
+    this.maxResultBytes = maxResultBytesOf(options);
+  }
+
+  /**
+   * The abort signal of the leading run around the caller: inside an @Idempotent method (or a
+   * singleflight worker, which also gets it as `context.signal`), aborted with an
+   * IdempotencyLeaseLostError once the run loses its lease (a renewal finds the record taken
+   * over, or none succeeds before it would expire). Long work should stop there: its result will
+   * not be the key's answer. Undefined outside a leading run (e.g. when a caller only waited).
+   */
+  static currentSignal(): AbortSignal | undefined {
+    return currentLeaderSignal();
   }
 
   get storeKind(): IdempotencyStore['kind'] {
@@ -73,6 +93,7 @@ export class IdempotencyService implements OnModuleDestroy {
     try {
       for (;;) {
         const owner = `${process.pid}-${randomBytes(8).toString('hex')}`;
+        const sentAt = performance.now();
         const begun = await this.store.begin(
           key,
           { status: 'in_progress', scope, owner, started_at: Date.now() },
@@ -82,8 +103,7 @@ export class IdempotencyService implements OnModuleDestroy {
         );
         if (begun.leader) {
           this.metrics.count(scope, waited ? 'takeover' : 'miss');
-          const result = await this.lead(key, owner, worker, settings);
-          return { status: 'done', result, replayed: false };
+          return await this.lead(key, owner, sentAt, worker, settings);
         }
         const { record } = begun;
         if (record.scope !== scope) {
@@ -132,50 +152,107 @@ export class IdempotencyService implements OnModuleDestroy {
   private async lead<T>(
     key: string,
     owner: string,
+    leaseStartedAt: number,
     worker: (context: WorkerContext) => Promise<T>,
     settings: Resolved,
-  ): Promise<T> {
-    const controller = new AbortController();
-    const heartbeat = startHeartbeat(
+  ): Promise<SingleflightOutcome<T>> {
+    const { scope } = settings;
+    const lease = new IdempotencyLease(
       this.store,
       key,
       owner,
       settings.leaseMs,
-      controller,
+      leaseStartedAt,
       this.logger,
     );
-    let json: string;
     try {
-      json = toJson(key, await worker({ signal: controller.signal }));
-    } catch (error) {
-      heartbeat.stop();
-      this.metrics.count(settings.scope, 'worker_error');
-      // Nothing cached, nothing stuck: the next caller runs the worker again.
-      await this.store.abandon(key, owner).catch((abandonError: unknown) => {
-        this.logger.warn(`could not clear ${key} after a failed worker: ${String(abandonError)}`);
-      });
-      throw error;
-    }
-    heartbeat.stop();
-    const stored = await this.store.complete(
-      key,
-      owner,
-      {
-        status: 'done',
-        scope: settings.scope,
+      let result: T;
+      let encoded: ReturnType<typeof encodeResult>;
+      try {
+        const { signal } = lease;
+        result = await runAsLeader(key, signal, () => worker({ signal }));
+        // Serialised while the lease is still renewed, and at most ~maxResultBytes of work.
+        encoded = encodeResult(key, result, this.maxResultBytes);
+      } catch (error) {
+        lease.end();
+        this.metrics.count(scope, 'worker_error');
+        // Nothing cached, nothing stuck: the next caller runs the worker again.
+        await this.store.abandon(key, owner).catch((abandonError: unknown) => {
+          this.logger.warn(`could not clear ${key} after a failed worker: ${String(abandonError)}`);
+        });
+        if (lease.lost) return await this.outcomeOfLostRun(key, scope, 'its worker failed', error);
+        throw error;
+      }
+      lease.writing();
+      if (!encoded.stored) {
+        this.metrics.count(scope, 'not_stored');
+        const released = await this.store.abandon(key, owner).catch((error: unknown) => {
+          // Unknown whether it still led; the record expires with the lease either way.
+          this.logger.warn(`could not release ${key}: ${String(error)}`);
+          return true;
+        });
+        if (!released) {
+          // Not to be stored anyway: still its caller's answer unless another run took over.
+          return await this.outcomeOfLostRun(key, scope, 'its result was too large', undefined, {
+            result,
+          });
+        }
+        this.logger.warn(
+          `${key}: result not stored: ${encoded.bytes} bytes or more, over maxResultBytes ` +
+            `(${this.maxResultBytes}); the key is released, so the next caller runs it again`,
+        );
+        return { status: 'done', result, replayed: false };
+      }
+      const stored = await this.store.complete(
+        key,
         owner,
-        started_at: Date.now(),
-        completed_at: Date.now(),
-        result: json,
-      },
-      settings.ttlMs,
-    );
-    if (!stored) {
-      this.metrics.count(settings.scope, 'stale_completion');
-      this.logger.warn(`${key}: finished after losing leadership; the newer record is kept`);
+        {
+          status: 'done',
+          scope,
+          owner,
+          started_at: Date.now(),
+          completed_at: Date.now(),
+          result: encoded.json,
+        },
+        settings.ttlMs,
+      );
+      if (!stored) {
+        this.metrics.count(scope, 'stale_completion');
+        return await this.outcomeOfLostRun(key, scope, 'its result was refused');
+      }
+      // Every caller sees the same JSON value, the leader included.
+      return { status: 'done', result: JSON.parse(encoded.json) as T, replayed: false };
+    } finally {
+      lease.end();
     }
-    // Every caller sees the same JSON value, the leader included.
-    return JSON.parse(json) as T;
+  }
+
+  /**
+   * The answer for the caller of a run that lost its lease: the key's stored result (another
+   * caller took over and finished), else an error saying why there is none. A result that would
+   * not have been stored anyway (`unclaimed`) is still returned when nobody took the key over.
+   */
+  private async outcomeOfLostRun<T>(
+    key: string,
+    scope: string,
+    what: string,
+    cause?: unknown,
+    unclaimed?: { result: T },
+  ): Promise<SingleflightOutcome<T>> {
+    const current = await this.store.get(key);
+    if (current === null && unclaimed) return { status: 'done', ...unclaimed, replayed: false };
+    if (current?.status === 'done' && current.scope === scope) {
+      this.logger.warn(
+        `${key}: this run lost its lease; ${what}, not stored; its caller gets the stored result of the run that took over`,
+      );
+      return { status: 'done', result: JSON.parse(current.result) as T, replayed: true };
+    }
+    const state =
+      current?.status === 'in_progress'
+        ? 'taken over by another caller, which is still running'
+        : 'nothing is stored for the key, so a retry runs it again';
+    this.logger.warn(`${key}: this run lost its lease; ${what}, not stored; ${state}`);
+    throw new IdempotencyLeaseLostError(key, state, { cause });
   }
 
   private async follow(key: string): Promise<Wakeable> {
@@ -215,41 +292,4 @@ export class IdempotencyService implements OnModuleDestroy {
       force: config.force === true,
     };
   }
-}
-
-/** Results are cached as JSON: anything else (Dates, Maps, class instances, NaN) is refused. */
-function toJson(key: string, value: unknown): string {
-  // A worker with nothing to return still completes: its result is null.
-  if (value === undefined) return 'null';
-  const problem = findNonJson(value, 'result');
-  if (problem) {
-    throw new IdempotencyResultError(`result of ${key} is not JSON-serialisable: ${problem}`);
-  }
-  return JSON.stringify(value);
-}
-
-function findNonJson(value: unknown, path: string, depth = 0): string | undefined {
-  if (depth > 64) return `${path} is nested too deeply`;
-  if (value === null || typeof value === 'string' || typeof value === 'boolean') return undefined;
-  if (typeof value === 'number') return Number.isFinite(value) ? undefined : `${path} is ${value}`;
-  if (Array.isArray(value)) {
-    for (let i = 0; i < value.length; i++) {
-      const found = findNonJson(value[i], `${path}[${i}]`, depth + 1);
-      if (found) return found;
-    }
-    return undefined;
-  }
-  if (typeof value === 'object') {
-    const proto = Object.getPrototypeOf(value) as unknown;
-    if (proto !== Object.prototype && proto !== null) {
-      return `${path} is a ${value.constructor?.name ?? 'non-plain object'}`;
-    }
-    for (const [name, child] of Object.entries(value)) {
-      if (child === undefined) continue;
-      const found = findNonJson(child, `${path}.${name}`, depth + 1);
-      if (found) return found;
-    }
-    return undefined;
-  }
-  return `${path} is a ${typeof value}`;
 }

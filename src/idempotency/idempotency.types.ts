@@ -49,6 +49,10 @@ export type SingleflightOutcome<T> =
     };
 
 export interface WorkerContext {
-  /** Aborted if this caller stops being the leader (its record was taken over). */
+  /**
+   * Aborted (reason: IdempotencyLeaseLostError) once this run loses its lease: a renewal found
+   * the record taken over or gone, or none succeeded before it would expire. Also available as
+   * `IdempotencyService.currentSignal()`.
+   */
   signal: AbortSignal;
 }

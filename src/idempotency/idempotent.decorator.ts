@@ -21,6 +21,11 @@ export interface IdempotentMetadata {
  * key across replicas, others get its result. The method then resolves to the singleflight
  * outcome (`{ status: 'done', result, replayed } | { status: 'timeout', waitedMs }`), not the
  * bare result, so callers cannot mistake a wait timeout for a result.
+ *
+ * While the method runs as leader, `IdempotencyService.currentSignal()` returns an AbortSignal
+ * that aborts (reason: IdempotencyLeaseLostError) when the run loses its lease; its result is
+ * then not the key's answer (callers get the stored one, or that error), so long work should
+ * stop. A result larger than the module's `maxResultBytes` is returned but not stored.
  */
 export const Idempotent = (options: IdempotentMetadata): MethodDecorator =>
   SetMetadata(IDEMPOTENT_METADATA, options);

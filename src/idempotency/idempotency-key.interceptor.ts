@@ -20,7 +20,7 @@ import { PROBLEM_CONTENT_TYPE, problem } from '../common/problem';
 import { runAsLeader } from './idempotency-context';
 import { responsesAreHooked, settleBeforeSend } from './idempotency-http.hooks';
 import { IdempotencyLease } from './idempotency-lease';
-import { IdempotencyStore } from './idempotency-store';
+import { IdempotencyStore, beginOrClear } from './idempotency-store';
 import { IdempotencyUsageError } from './idempotency.errors';
 import { IdempotencyMetrics } from './idempotency.metrics';
 import {
@@ -153,7 +153,8 @@ export class IdempotencyKeyInterceptor implements NestInterceptor {
     const ttlMs = (routeOptions.ttlSeconds ?? defaults.ttl_seconds ?? 3_600) * 1000;
 
     const sentAt = performance.now();
-    const begun = await this.store.begin(
+    const begun = await beginOrClear(
+      this.store,
       storeKey,
       { status: 'in_progress', scope: 'http', owner, started_at: Date.now(), fingerprint },
       leaseMs,

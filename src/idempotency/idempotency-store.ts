@@ -48,3 +48,25 @@ export function parseRecord(value: string | null): IdempotencyRecord | null {
     return null;
   }
 }
+
+/**
+ * `store.begin`, and when it fails (a command timeout, a dropped connection) a best-effort
+ * owner-checked abandon of the record it may have written all the same: a command that timed
+ * out on the client can still run on the server, and its in-progress record, with nobody to
+ * renew or complete it, would hold the key for a whole lease. Sent on the same connection right
+ * behind the begin, the abandon runs after it.
+ */
+export async function beginOrClear(
+  store: IdempotencyStore,
+  key: string,
+  record: Extract<IdempotencyRecord, { status: 'in_progress' }>,
+  leaseMs: number,
+  force: boolean,
+): Promise<BeginResult> {
+  try {
+    return await store.begin(key, record, leaseMs, force);
+  } catch (error) {
+    store.abandon(key, record.owner).catch(() => undefined);
+    throw error;
+  }
+}

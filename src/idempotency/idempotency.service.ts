@@ -4,7 +4,7 @@ import { KeyedWakeups, Wakeable } from '../common/keyed-wakeups';
 import { definedOnly } from '../common/objects';
 import { currentLeaderSignal, runAsLeader } from './idempotency-context';
 import { IdempotencyLease } from './idempotency-lease';
-import { IdempotencyStore } from './idempotency-store';
+import { IdempotencyStore, beginOrClear } from './idempotency-store';
 import { IdempotencyLeaseLostError, IdempotencyUsageError } from './idempotency.errors';
 import { IdempotencyMetrics } from './idempotency.metrics';
 import {
@@ -94,7 +94,8 @@ export class IdempotencyService implements OnModuleDestroy {
       for (;;) {
         const owner = `${process.pid}-${randomBytes(8).toString('hex')}`;
         const sentAt = performance.now();
-        const begun = await this.store.begin(
+        const begun = await beginOrClear(
+          this.store,
           key,
           { status: 'in_progress', scope, owner, started_at: Date.now() },
           settings.leaseMs,

@@ -182,6 +182,14 @@ describe('lock and idempotency calls while Redis is stopped (in-process app)', (
       what: 'readiness to recover',
     });
 
+    // The acquire and the begin that timed out still ran once Redis answered; the token and the
+    // in-progress record they wrote were cleared behind them, so neither blocks its key for a
+    // whole lease.
+    await waitFor(async () => !(await locks.status('lock:stall:one')).locked, {
+      timeoutMs: 3_000,
+      what: 'the timed-out acquire to be undone',
+    });
+
     // The subscription asked for while Redis was stopped took effect once it answered.
     const admin = new Redis(redis.url);
     try {
@@ -197,5 +205,26 @@ describe('lock and idempotency calls while Redis is stopped (in-process app)', (
         scope: 'stall',
       }),
     ).toEqual({ status: 'done', result: 42, replayed: false });
+
+    // With the subscription up, a begin that times out reaches Redis and runs once it answers;
+    // the in-progress record it writes is cleared behind it, rather than holding the key for a
+    // whole lease with nobody to renew or complete it.
+    process.kill(redisPid, 'SIGSTOP');
+    stopped = true;
+    await expect(
+      idempotency.singleflight('idem:stall:three', () => Promise.resolve(3), { scope: 'stall' }),
+    ).rejects.toBeInstanceOf(IdempotencyBackendError);
+    process.kill(redisPid, 'SIGCONT');
+    stopped = false;
+    await waitFor(async () => (await idempotency.peek('idem:stall:three')) === null, {
+      timeoutMs: 3_000,
+      what: 'the timed-out begin to be undone',
+    });
+    expect(
+      await idempotency.singleflight('idem:stall:three', () => Promise.resolve(3), {
+        scope: 'stall',
+        wait_timeout_ms: 0,
+      }),
+    ).toEqual({ status: 'done', result: 3, replayed: false });
   });
 });

@@ -1,6 +1,7 @@
 import { Injectable, OnModuleInit } from '@nestjs/common';
 import { DiscoveryService, MetadataScanner, Reflector } from '@nestjs/core';
 import { buildKey, findDecoratedMethods, replaceMethod } from '../common/decorated-methods';
+import { MAX_TTL_MS } from './lock-durations';
 import { WITH_LOCK_METADATA } from './lock.constants';
 import { LockService } from './lock.service';
 import { WithLockMetadata } from './with-lock.decorator';
@@ -41,8 +42,11 @@ export class LockExplorer implements OnModuleInit {
 function validateOptions(options: WithLockMetadata, where: string): void {
   const problems: string[] = [];
   if (typeof options.key !== 'function') problems.push('key must be a function of the arguments');
-  if (options.ttlMs !== undefined && !(Number.isInteger(options.ttlMs) && options.ttlMs > 0)) {
-    problems.push('ttlMs must be a positive integer');
+  if (
+    options.ttlMs !== undefined &&
+    !(Number.isInteger(options.ttlMs) && options.ttlMs > 0 && options.ttlMs <= MAX_TTL_MS)
+  ) {
+    problems.push(`ttlMs must be a positive integer up to ${MAX_TTL_MS}`);
   }
   if (
     options.waitTimeoutMs !== undefined &&

@@ -41,7 +41,11 @@ export interface LockHandle {
    * Throws LockLostError if not held.
    */
   extend(ttlMs?: number): Promise<void>;
-  /** Releases if still held; true when this call removed the lock. Never throws for a lost lock. */
+  /**
+   * Releases if still held; true when this call removed the lock. Never throws for a lost lock;
+   * throws LockBackendError when the backend fails, and the handle can then be released again
+   * (renewals stop either way).
+   */
   release(): Promise<boolean>;
   /**
    * Proves the lock is still held and moves its fence above `atLeast` (a fence recorded

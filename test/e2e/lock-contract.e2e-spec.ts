@@ -247,14 +247,27 @@ describe.each<BackendKind>(['redis', 'memory'])('LockService contract (%s backen
   });
 
   it('skips a fair waiter that stopped showing up', async () => {
-    const fair = lockFixture(kind, { backoffMs: 10, fairStaleMs: 200 });
+    const staleMs = 200;
+    const fair = lockFixture(kind, { backoffMs: 10, fairStaleMs: staleMs });
     try {
       const key = fair.key();
-      // A waiter that joined the queue once and died.
-      await fair.backend.tryAcquireFair(key, 'ghost', 1_000, ghostHolder, 200);
-      const started = Date.now();
-      const handle = await fair.locks.acquire(key, { fair: true, waitTimeoutMs: 5_000 });
-      expect(Date.now() - started).toBeLessThan(2_000);
+      // Held throughout, so the ghost can only queue: it never holds the lock, and nothing
+      // here waits for a lease to expire.
+      const holder = await fair.locks.acquire(key, { ttlMs: 30_000 });
+      // A waiter that joined the queue once, first in line, and died.
+      expect(await fair.backend.tryAcquireFair(key, 'ghost', 30_000, ghostHolder, staleMs)).toEqual(
+        { acquired: false, holderTtlMs: expect.any(Number) as unknown },
+      );
+      const ghostSeenAt = Date.now();
+      const waiting = fair.locks.acquire(key, { fair: true, ttlMs: 5_000, waitTimeoutMs: 3_000 });
+      // The live waiter has queued behind the ghost before the holder lets go.
+      await waitFor(async () => (await counterTotal(fair.metrics.conflicts)) >= 1);
+      await holder.release();
+      // Served only because the ghost, ahead of it, was skipped: not before the ghost went
+      // stale, and well within the wait (a ghost left in line would block it for 60 s).
+      const handle = await waiting;
+      expect(Date.now() - ghostSeenAt).toBeGreaterThanOrEqual(staleMs);
+      expect((await fair.locks.status(key)).holder?.instanceId).toBe(fair.locks.instanceId);
       await handle.release();
     } finally {
       await fair.close();

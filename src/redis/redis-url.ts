@@ -9,6 +9,9 @@ export type RedisUrlOptions = Pick<
 /** Database numbers as REDIS_DB accepts them (a default Redis has databases 0-15). */
 export const MAX_REDIS_DB = 15;
 
+/** The URL's path without its slashes: '' or the database number. */
+const databasePath = (url: URL) => url.pathname.replace(/^\/|\/$/g, '');
+
 /**
  * Why a Redis URL cannot be used, or null when it can: `redis[s]://[[user]:password@]host[:port][/db]`
  * with db 0-15. The database comes only from the path (a query string is refused rather than
@@ -27,7 +30,7 @@ export function redisUrlProblem(value: string): string | null {
   }
   if (!url.hostname) return 'must name a host';
   if (url.search) return 'must not have a query string (set REDIS_DB for the database)';
-  const path = url.pathname.replace(/^\/|\/$/g, '');
+  const path = databasePath(url);
   if (path !== '' && !(/^\d{1,2}$/.test(path) && Number(path) <= MAX_REDIS_DB)) {
     return `must have no path or a database number 0-${MAX_REDIS_DB} as its path (/0)`;
   }
@@ -40,7 +43,7 @@ export function redisUrlProblem(value: string): string | null {
  */
 export function redisUrlOptions(value: string): RedisUrlOptions {
   const url = new URL(value);
-  const path = url.pathname.replace(/^\/|\/$/g, '');
+  const path = databasePath(url);
   return {
     // WHATWG URL keeps the brackets of an IPv6 host.
     host: url.hostname.replace(/^\[|\]$/g, ''),

@@ -42,7 +42,8 @@ function createRedisClient(config: AppConfigService): RedisConnection {
     maxRetriesPerRequest: 1,
     // A server that stops answering keeps its connection open (stopped, stuck, frozen VM):
     // without this every command would wait for it. It also bounds the ready check after a
-    // reconnection. A timed-out command stays queued, so later replies still match up.
+    // reconnection. A timed-out command stays queued, so later replies still match up; the
+    // server may still run it once it answers again, as with a reply lost to a disconnection.
     commandTimeout: config.get('REDIS_COMMAND_TIMEOUT_MS', { infer: true }),
     // Probe idle connections (subscribers above all) so a peer that vanished without closing
     // the connection is noticed by the OS rather than after hours.

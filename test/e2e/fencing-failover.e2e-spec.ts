@@ -39,7 +39,9 @@ describe('fencing across a Redis failover (private master + replica)', () => {
   let holders: { a: LockHandle; b: LockHandle }[];
 
   beforeAll(async () => {
-    [pair, db] = await Promise.all([PrivateReplication.start(), FencedWrites.create()]);
+    // One after the other: afterAll stops whatever was started, also if the other failed.
+    pair = await PrivateReplication.start();
+    db = await FencedWrites.create();
     [lockA, lockB] = await Promise.all([
       lockServiceOn(pair.master.url),
       lockServiceOn(pair.replica.url),

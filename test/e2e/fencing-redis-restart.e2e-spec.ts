@@ -17,7 +17,8 @@ describe('fencing across a Redis restart without persistence (private redis-serv
   let db: FencedWrites;
 
   beforeAll(async () => {
-    [server, db] = await Promise.all([PrivateRedis.start(), FencedWrites.create()]);
+    server = await PrivateRedis.start();
+    db = await FencedWrites.create();
     redis = new Redis(server.url, {
       enableOfflineQueue: false,
       maxRetriesPerRequest: 1,

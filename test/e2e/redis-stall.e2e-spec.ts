@@ -55,7 +55,8 @@ describe('the service while its Redis is stopped (SIGSTOP, connections open)', (
   });
 
   beforeAll(async () => {
-    [redis, database] = await Promise.all([PrivateRedis.start(), createFreshDatabase()]);
+    redis = await PrivateRedis.start();
+    database = await createFreshDatabase();
     redisPid = await pidOf(redis);
     const port = await freePort();
     base = `http://127.0.0.1:${port}/api/v1/vector`;
@@ -139,7 +140,8 @@ describe('lock and idempotency calls while Redis is stopped (in-process app)', (
   let stopped = false;
 
   beforeAll(async () => {
-    [redis, database] = await Promise.all([PrivateRedis.start(), createFreshDatabase()]);
+    redis = await PrivateRedis.start();
+    database = await createFreshDatabase();
     redisPid = await pidOf(redis);
     app = await startTestApp({
       REDIS_URL: redis.url,

@@ -36,7 +36,8 @@ describe('REDIS_URL forms at start-up (service processes, private redis-server)'
   };
 
   beforeAll(async () => {
-    [redis, database] = await Promise.all([PrivateRedis.start(), createFreshDatabase()]);
+    redis = await PrivateRedis.start();
+    database = await createFreshDatabase();
     admin = new Redis(redis.url);
     await admin.config('SET', 'requirepass', PASSWORD);
     await admin.auth(PASSWORD);

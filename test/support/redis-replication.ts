@@ -58,12 +58,18 @@ export class PrivateReplication {
 
   static async start(): Promise<PrivateReplication> {
     const pair = new PrivateReplication(await freePort(), await freePort());
-    await pair.master.start();
-    await pair.replica.start(['--replicaof', '127.0.0.1', String(pair.master.port)]);
-    await waitFor(async () => /master_link_status:up/.test(await pair.replica.admin.info()), {
-      what: 'the replica to sync with its master',
-    });
-    return pair;
+    try {
+      await pair.master.start();
+      await pair.replica.start(['--replicaof', '127.0.0.1', String(pair.master.port)]);
+      await waitFor(async () => /master_link_status:up/.test(await pair.replica.admin.info()), {
+        what: 'the replica to sync with its master',
+      });
+      return pair;
+    } catch (error) {
+      // Nobody else holds the pair yet: stop what was started, or it outlives the test run.
+      await pair.stop();
+      throw error;
+    }
   }
 
   /** Waits until the replica has acknowledged every write the master has accepted so far. */

@@ -1,5 +1,6 @@
 import {
   InvalidLockKeyError,
+  LockHolderChangedError,
   LockBackendError,
   LockLostError,
   LockNotAcquiredError,
@@ -30,7 +31,11 @@ export function knownError(error: unknown): KnownError | undefined {
       retryAfterSeconds: Math.max(1, Math.ceil((error.holderTtlMs ?? 1_000) / 1_000)),
     };
   }
-  if (error instanceof LockLostError || error instanceof StaleFenceError) {
+  if (
+    error instanceof LockLostError ||
+    error instanceof StaleFenceError ||
+    error instanceof LockHolderChangedError
+  ) {
     return { status: 409, detail: error.message };
   }
   if (error instanceof LockBackendError) {

@@ -1,8 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import {
   acknowledgedWriteProblems,
-  activeSlot,
   outcomeOf,
+  rowsPerBatchMarker,
   WriteLedger,
 } from '../support/acknowledged-writes';
 import { Answer, ReplicaSet } from '../support/replica-harness';
@@ -98,12 +98,7 @@ describe('R2 a replica killed mid-upsert', () => {
           status: 200,
         });
     }
-    const slot = await activeSlot(set.db, namespace);
-    const counts = await set.db.query<{ batch: string; rows: number }>(
-      `SELECT metadata->>'batch' AS batch, count(*)::int AS rows FROM "vec_${table}_s${slot.id}"
-       WHERE metadata ? 'batch' GROUP BY 1`,
-    );
-    const rowsOf = new Map(counts.rows.map((row) => [row.batch, row.rows]));
+    const rowsOf = await rowsPerBatchMarker(set.db, namespace, table);
     // Invariant: a batch is one transaction — all of its rows or none.
     const partial = bigBatches
       .map((batch) => ({ marker: batch.marker, rows: rowsOf.get(batch.marker) ?? 0 }))

@@ -260,3 +260,17 @@ export class CatalogWatcher {
     return this.violations;
   }
 }
+
+/** Rows of the active slot per `metadata.batch` marker, for all-or-nothing checks. */
+export async function rowsPerBatchMarker(
+  db: Pool,
+  namespace: string,
+  table: string,
+): Promise<Map<string, number>> {
+  const slot = await activeSlot(db, namespace);
+  const { rows } = await db.query<{ batch: string; rows: number }>(
+    `SELECT metadata->>'batch' AS batch, count(*)::int AS rows FROM "vec_${table}_s${slot.id}"
+     WHERE metadata ? 'batch' GROUP BY 1`,
+  );
+  return new Map(rows.map((row) => [row.batch, row.rows]));
+}

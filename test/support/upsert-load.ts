@@ -161,3 +161,64 @@ export function summarize(answers: readonly LoadAnswer[]): string {
   }
   return [...counts.entries()].map(([key, count]) => `${key}: ${count}`).join(', ');
 }
+
+export interface MarkedBatch {
+  marker: string;
+  replica: number;
+  size: number;
+  status?: number;
+}
+
+/**
+ * Sends batches of fresh obj_refs, each item tagged with its batch's marker (metadata.batch), one
+ * after the other until stopped, so a test can check that every batch is all or nothing.
+ */
+export class MarkedBatches {
+  readonly batches: MarkedBatch[] = [];
+  private running = true;
+  private readonly loop: Promise<void>;
+
+  constructor(
+    private readonly options: {
+      namespace: string;
+      table: string;
+      replicas: () => Replica[];
+      ledger: WriteLedger;
+      size: number;
+      prefix: string;
+      timeoutMs?: number;
+    },
+  ) {
+    this.loop = this.run();
+  }
+
+  async stop(): Promise<MarkedBatch[]> {
+    this.running = false;
+    await this.loop;
+    return this.batches;
+  }
+
+  private async run(): Promise<void> {
+    const { namespace, table, ledger, size, prefix } = this.options;
+    while (this.running) {
+      const replicas = this.options.replicas().filter((replica) => replica.alive);
+      if (replicas.length === 0) return;
+      const replica = replicas[this.batches.length % replicas.length];
+      const marker = `${prefix}${this.batches.length}`;
+      const batch: MarkedBatch = { marker, replica: replica.index, size };
+      this.batches.push(batch);
+      const items = Array.from({ length: size }, (_, i) => ({
+        obj_ref: `${marker}-${i}`,
+        content: `${marker}-${i} v1`,
+        metadata: { batch: marker },
+      }));
+      const answer = await replica.post(
+        '/batch-upsert',
+        { items, table_name: table, namespace },
+        { timeoutMs: this.options.timeoutMs ?? 15_000 },
+      );
+      batch.status = answer.status;
+      ledger.record(namespace, table, items, outcomeOf(answer));
+    }
+  }
+}

@@ -38,12 +38,31 @@ export class WriteLedger {
     items: readonly LedgerItem[],
     outcome: WriteOutcome,
   ): void {
+    this.send(namespace, table, items)(outcome);
+  }
+
+  /**
+   * Records a write as it is sent — in flight, its outcome unknown (it may commit before its
+   * answer arrives, so a check made meanwhile must allow its content) — and returns the
+   * function that settles it once the answer is known.
+   */
+  send(
+    namespace: string,
+    table: string,
+    items: readonly LedgerItem[],
+  ): (outcome: WriteOutcome) => void {
+    const sent: Attempt[] = [];
     for (const item of items) {
       const key = ledgerKey(namespace, table, item.obj_ref);
       let list = this.attempts.get(key);
       if (!list) this.attempts.set(key, (list = []));
-      list.push({ content: item.content, outcome });
+      const attempt: Attempt = { content: item.content, outcome: 'unknown' };
+      list.push(attempt);
+      sent.push(attempt);
     }
+    return (outcome) => {
+      for (const attempt of sent) attempt.outcome = outcome;
+    };
   }
 
   /** Keys of one namespace and table, with what the stored row may hold. */

@@ -105,6 +105,7 @@ export class UpsertLoad {
         };
       });
       const at = Date.now();
+      const settle = ledger.send(namespace, table, items);
       const answer = await replica.post(
         '/batch-upsert',
         { items, table_name: table, namespace },
@@ -114,7 +115,7 @@ export class UpsertLoad {
       );
       this.note('upsert', replica, answer, at);
       const outcome = outcomeOf(answer);
-      ledger.record(namespace, table, items, outcome);
+      settle(outcome);
       // Overwrites continue only on obj_refs whose every write had a known outcome.
       const unknown = new Set(outcome === 'unknown' ? refs : []);
       for (const ref of refs) {
@@ -212,13 +213,14 @@ export class MarkedBatches {
         content: `${marker}-${i} v1`,
         metadata: { batch: marker },
       }));
+      const settle = ledger.send(namespace, table, items);
       const answer = await replica.post(
         '/batch-upsert',
         { items, table_name: table, namespace },
         { timeoutMs: this.options.timeoutMs ?? 15_000 },
       );
       batch.status = answer.status;
-      ledger.record(namespace, table, items, outcomeOf(answer));
+      settle(outcomeOf(answer));
     }
   }
 }

@@ -28,7 +28,7 @@ describe('R1 mutual exclusion over HTTP (4 replicas, one table and namespace)', 
   }, 60_000);
 
   afterAll(async () => {
-    await set?.stop();
+    await ReplicaSet.stopAll();
   }, 30_000);
 
   it('keeps the last acknowledged write of every obj_ref and never interleaves two batches', async () => {

@@ -34,7 +34,7 @@ describe('R2 a replica killed mid-upsert', () => {
   }, 60_000);
 
   afterAll(async () => {
-    await set?.stop();
+    await ReplicaSet.stopAll();
   }, 30_000);
 
   it('leaves every batch all or nothing and loses no acknowledged write', async () => {
@@ -58,12 +58,13 @@ describe('R2 a replica killed mid-upsert', () => {
         content: `${marker}-${i} v1`,
         metadata: { batch: marker },
       }));
+      const settle = ledger.send(namespace, table, items);
       batch.answer = await set.replica(replica).post('/batch-upsert', {
         items,
         table_name: table,
         namespace,
       });
-      ledger.record(namespace, table, items, outcomeOf(batch.answer));
+      settle(outcomeOf(batch.answer));
     };
 
     try {
@@ -119,4 +120,68 @@ describe('R2 a replica killed mid-upsert', () => {
     });
     expect(await acknowledgedWriteProblems(set.db, ledger)).toEqual([]);
   }, 90_000);
+
+  it('R2b a Postgres connection cut after the INSERT or after the COMMIT: 503, the batch whole, the replica alive', async () => {
+    const replica = set.replica(1);
+    const ledger = new WriteLedger();
+    const problems: string[] = [];
+    const send = async (marker: string) => {
+      const items = Array.from({ length: BIG }, (_, i) => ({
+        obj_ref: `${marker}-${i}`,
+        content: `${marker}-${i} v1`,
+        metadata: { batch: marker },
+      }));
+      const settle = ledger.send(namespace, table, items);
+      const answer = await replica.post('/batch-upsert', { items, table_name: table, namespace });
+      settle(outcomeOf(answer));
+      return answer;
+    };
+    const cases = [
+      // Cut while the INSERT arrives: the transaction cannot have committed.
+      { marker: 'cut-insert', cut: () => replica.proxy!.cut(/INSERT INTO "vec_questions_s/) },
+      // Cut after the COMMIT went out: committed or not, the client cannot know (a lost reply).
+      {
+        marker: 'cut-commit',
+        cut: () => replica.proxy!.cut(/COMMIT/, { after: /INSERT INTO "vec_questions_s/ }),
+      },
+    ];
+    for (const { marker, cut } of cases) {
+      const rule = cut();
+      const answer = await send(marker);
+      if (rule.count !== 1) problems.push(`${marker}: the cut did not happen (${rule.count})`);
+      rule.cancel();
+      // A dropped database connection is a dependency failure: 503, never 500.
+      if (answer.status !== 503) {
+        problems.push(
+          `${marker}: a cut database connection must answer 503: ${answer.status} ${JSON.stringify(answer.body)}`,
+        );
+      }
+      if (answer.status === 0) {
+        // No answer at all: the process may be going down; let its exit be seen.
+        await Promise.race([replica.process.exited, new Promise((r) => setTimeout(r, 500))]);
+      }
+      if (!replica.alive) break;
+    }
+    const rows = await rowsPerBatchMarker(set.db, namespace, table);
+    for (const { marker } of cases) {
+      const count = rows.get(marker) ?? 0;
+      if (count !== 0 && count !== BIG)
+        problems.push(`${marker}: ${count} of ${BIG} rows (a partial batch)`);
+    }
+    if (!replica.alive) {
+      // Invariant: no process exit from a dependency fault. Nothing below can run without it.
+      problems.unshift(
+        `replica 1 exited after a cut database connection: ${replica.output(1_500)}`,
+      );
+      expect(problems).toEqual([]);
+    }
+    const after = await replica.post('/batch-upsert', {
+      items: [{ obj_ref: 'after-cuts', content: 'after-cuts v1' }],
+      table_name: table,
+      namespace,
+    });
+    if (after.status !== 200)
+      problems.push(`an upsert after the cuts: ${after.status} ${JSON.stringify(after.body)}`);
+    expect(problems).toEqual([]);
+  }, 30_000);
 });

@@ -27,7 +27,7 @@ describe('R3 a holder paused past its lease is fenced out', () => {
   }, 60_000);
 
   afterAll(async () => {
-    await set?.stop();
+    await ReplicaSet.stopAll();
   }, 30_000);
 
   afterEach(() => {

@@ -84,7 +84,7 @@ describe('R5 Postgres backends terminated under load', () => {
 
   afterAll(async () => {
     await load?.stop();
-    await set?.stop();
+    await ReplicaSet.stopAll();
   }, 30_000);
 
   it('R5a no replica process exits', () => {

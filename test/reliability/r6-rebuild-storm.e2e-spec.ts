@@ -86,7 +86,7 @@ describe('R6 rebuild storm, a leader paused past its lease, a force-released reb
   }, 30_000);
 
   afterAll(async () => {
-    await set?.stop();
+    await ReplicaSet.stopAll();
   }, 30_000);
 
   it('R6a 200 identical rebuild requests over 3 replicas run one rebuild', async () => {

@@ -37,7 +37,7 @@ describe('R7 rebuild, rebuild, rollback, cleanup with an upsert paused across th
   }, 60_000);
 
   afterAll(async () => {
-    await set?.stop();
+    await ReplicaSet.stopAll();
   }, 30_000);
 
   it('keeps every acknowledged write in the active slot after each step', async () => {

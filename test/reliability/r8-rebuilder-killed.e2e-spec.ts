@@ -164,7 +164,7 @@ describe('R8 the rebuilding replica killed in each rebuild phase', () => {
 
   afterAll(async () => {
     for (const run of runs) await run.load.stop();
-    await set?.stop();
+    await ReplicaSet.stopAll();
   }, 30_000);
 
   it.each(PHASES.map(({ phase }) => phase))('killed while %s', async (phase) => {

@@ -35,7 +35,7 @@ describe('R9 read-your-writes across replicas during repeated rebuild switches',
   }, 60_000);
 
   afterAll(async () => {
-    await set?.stop();
+    await ReplicaSet.stopAll();
   }, 30_000);
 
   it('never misses its own acknowledged item', async () => {

@@ -55,6 +55,13 @@ export class ControllableRedis {
     this.paused = false;
   }
 
+  /** SIGKILL without waiting, for exit handlers. */
+  killNow(): void {
+    if (!this.running) return;
+    this.process!.kill('SIGCONT');
+    this.process!.kill('SIGKILL');
+  }
+
   /** SIGSTOP: connections stay open, nothing answers (a hung server or a network partition). */
   pause(): void {
     if (!this.running) throw new Error('redis-server is not running');

@@ -266,6 +266,8 @@ function withDeadline(promise: Promise<void>, timeoutMs: number, message: string
     promise,
     new Promise<void>((_, reject) => {
       timer = setTimeout(() => reject(new Error(message)), timeoutMs);
+      // A deadline nobody waits for any more must not keep the test process alive.
+      timer.unref();
     }),
   ]).finally(() => clearTimeout(timer));
 }

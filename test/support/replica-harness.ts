@@ -29,6 +29,18 @@ export interface ReplicaSetOptions {
 
 const DEFAULT_TIMEOUT_MS = 30_000;
 
+/** Every set started in this process, so `stopAll` reaches one whose start had not returned. */
+const liveSets = new Set<ReplicaSet>();
+
+// Last resort if the test process exits without afterAll (a crash, a forced exit): children
+// started here must not outlive it. kill() is synchronous, as an exit handler needs.
+process.once('exit', () => {
+  for (const set of liveSets) {
+    for (const replica of set.replicas) replica.process.kill('SIGKILL');
+    set.redis.killNow();
+  }
+});
+
 /**
  * N replicas of the built service (dist/main.js) as OS processes on spare loopback ports, over a
  * private redis-server and a fresh database cloned from the template (migrated by the first
@@ -67,14 +79,29 @@ export class ReplicaSet {
       throw error;
     }
     const set = new ReplicaSet(redis, database, options);
+    liveSets.add(set);
     try {
-      for (let i = 0; i < options.replicas; i++) set.replicas.push(await set.launch(i));
+      for (let i = 0; i < options.replicas; i++) {
+        const replica = await set.launch(i);
+        set.replicas.push(replica);
+        // Stopped meanwhile (a test's timeout ran out): this one was not there to be stopped.
+        if (set.stopped) await replica.kill();
+      }
+      if (set.stopped) throw new Error('the replica set was stopped while starting');
       await Promise.all(set.replicas.map((replica) => replica.ready()));
     } catch (error) {
       await set.stop();
       throw error;
     }
     return set;
+  }
+
+  /**
+   * Stops every set started in this process, also one still starting. For afterAll: a
+   * beforeAll that timed out never handed its set to the test.
+   */
+  static async stopAll(): Promise<void> {
+    await Promise.all([...liveSets].map((set) => set.stop()));
   }
 
   get databaseName(): string {
@@ -99,6 +126,7 @@ export class ReplicaSet {
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
+    liveSets.delete(this);
     await Promise.allSettled(this.replicas.map((replica) => replica.kill()));
     await Promise.allSettled(
       this.replicas.map((replica) => replica.proxy?.close() ?? Promise.resolve()),

@@ -202,14 +202,17 @@ describe('R6 rebuild storm, a leader paused past its lease, a force-released reb
     await heldBeforeAnswer(leaderLoad, leaderRebuild, 'the leader rebuild');
     const leaderSlot = await loadingSlot();
     leader.pause();
-    // Both leases lapse (2 s each) while the leader is stopped.
+    // Both leases lapse (2 s each) while the leader is stopped: its rebuild lock and its
+    // in-progress idempotency record.
     await waitFor(
       async () =>
-        !(await successor.get<{ locked: boolean }>(`/lock-status/lock:vector:rebuild:${namespace}`))
-          .body.locked,
-      { timeoutMs: 5_000, what: 'the stopped leader’s rebuild lock to lapse' },
+        !(await set.redis.exists(`lock:vector:rebuild:${namespace}`)) &&
+        !(await set.redis.exists(`idem:vector:rebuild:${namespace}`)),
+      {
+        timeoutMs: 5_000,
+        what: 'the stopped leader’s rebuild lock and idempotency record to lapse',
+      },
     );
-    await new Promise((resolve) => setTimeout(resolve, 500));
 
     const successorIndex = successor.proxy!.hold(/CREATE INDEX CONCURRENTLY/);
     const successorRebuild = successor.post('/rebuild-index', { namespace, force: true });

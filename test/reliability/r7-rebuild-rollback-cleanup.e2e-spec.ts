@@ -62,7 +62,8 @@ describe('R7 rebuild, rebuild, rollback, cleanup with an upsert paused across th
     };
     /** A rebuild switch completed while an upsert's transaction is open but not yet written. */
     const rebuildAcrossPinnedUpsert = async (step: string) => {
-      const hold = pinnedReplica.proxy!.hold(/FOR SHARE/);
+      // Whatever the upsert sends first after its BEGIN waits (today: the namespace row FOR SHARE).
+      const hold = pinnedReplica.proxy!.hold(/[\s\S]/, { after: /\bBEGIN\b/ });
       const items = [{ obj_ref: `pinned-${step}`, content: `pinned-${step} v1` }];
       const settle = ledger.send(namespace, table, items);
       const pinned = pinnedReplica.post('/batch-upsert', { items, table_name: table, namespace });

@@ -75,6 +75,28 @@ export class ControllableRedis {
     this.paused = false;
   }
 
+  /** Whether `key` exists (a raw RESP EXISTS), for tests that wait for a lease to lapse. */
+  exists(key: string): Promise<boolean> {
+    return new Promise((resolve, reject) => {
+      const socket = connect(this.port, '127.0.0.1');
+      socket.setTimeout(1_000);
+      const length = Buffer.byteLength(key);
+      socket.once('connect', () => socket.write(`*2\r\n$6\r\nEXISTS\r\n$${length}\r\n${key}\r\n`));
+      socket.once('data', (data) => {
+        socket.destroy();
+        const reply = data.toString();
+        if (reply.startsWith(':')) resolve(reply.startsWith(':1'));
+        else reject(new Error(`EXISTS ${key}: ${reply.trim()}`));
+      });
+      const fail = (error?: Error) => {
+        socket.destroy();
+        reject(error ?? new Error(`EXISTS ${key}: timed out`));
+      };
+      socket.once('error', fail);
+      socket.once('timeout', fail);
+    });
+  }
+
   /** A raw RESP PING: no client library, so no reconnect or teardown timers left behind. */
   ping(): Promise<boolean> {
     return new Promise((resolve) => {

@@ -110,13 +110,13 @@ class Rule {
   ) {}
 
   /** Whether this rule takes the chunk (and counts it). */
-  take(connection: ProxiedConnection, text: string): boolean {
+  take(connection: ProxiedConnection, text: string, fresh: number): boolean {
     if (this.released || this.remaining <= 0) return false;
     if (this.after && !this.primed.has(connection)) {
-      if (this.after.test(text)) this.primed.add(connection);
+      if (matchesFrom(this.after, text, fresh)) this.primed.add(connection);
       return false;
     }
-    if (!this.pattern.test(text)) return false;
+    if (!matchesFrom(this.pattern, text, fresh)) return false;
     this.remaining--;
     this.matched++;
     if (this.kind === 'hold') this.held.add(connection);
@@ -229,7 +229,7 @@ class ProxiedConnection {
     }
     const text = this.carry + chunk.toString('latin1');
     for (const rule of [...this.rules]) {
-      if (!rule.take(this, text)) continue;
+      if (!rule.take(this, text, this.carry.length)) continue;
       if (rule.kind === 'hold') {
         // Matched again when released (by then this rule no longer takes it).
         this.holders.add(rule);
@@ -258,6 +258,21 @@ class ProxiedConnection {
     this.upstream.destroy();
     this.onClose();
   }
+}
+
+/**
+ * Whether `pattern` matches `text` somewhere that reaches past `fresh` (the carried tail of the
+ * previous chunk ends there): a match wholly inside the tail was seen with that chunk already.
+ */
+function matchesFrom(pattern: RegExp, text: string, fresh: number): boolean {
+  const global = new RegExp(
+    pattern.source,
+    pattern.flags.includes('g') ? pattern.flags : `${pattern.flags}g`,
+  );
+  for (const match of text.matchAll(global)) {
+    if (match.index + Math.max(1, match[0].length) > fresh) return true;
+  }
+  return false;
 }
 
 function withDeadline(promise: Promise<void>, timeoutMs: number, message: string): Promise<void> {

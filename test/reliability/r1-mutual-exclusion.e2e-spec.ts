@@ -31,7 +31,7 @@ describe('R1 mutual exclusion over HTTP (4 replicas, one table and namespace)', 
     await ReplicaSet.stopAll();
   }, 30_000);
 
-  it('keeps the last acknowledged write of every obj_ref and never interleaves two batches', async () => {
+  it('R1 keeps the last acknowledged write of every obj_ref and never interleaves two batches', async () => {
     const ledger = new WriteLedger();
     const seed = await set.replica(0).post('/batch-upsert', {
       items: [{ obj_ref: 'seed', content: 'seed' }],

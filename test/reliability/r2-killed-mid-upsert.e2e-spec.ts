@@ -37,7 +37,7 @@ describe('R2 a replica killed mid-upsert', () => {
     await ReplicaSet.stopAll();
   }, 30_000);
 
-  it('leaves every batch all or nothing and loses no acknowledged write', async () => {
+  it('R2a leaves every batch all or nothing and loses no acknowledged write', async () => {
     const ledger = new WriteLedger();
     const load = new UpsertLoad({
       namespace,

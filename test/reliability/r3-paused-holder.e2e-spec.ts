@@ -57,7 +57,7 @@ describe('R3 a holder paused past its lease is fenced out', () => {
     return (await slotRows(set.db, table, slot.id, [objRef])).get(objRef)?.content;
   };
 
-  it('refuses the paused write at its fence check; the newer holder’s write is stored', async () => {
+  it('R3a refuses the paused write at its fence check; the newer holder’s write is stored', async () => {
     const a = set.replica(0);
     // Held before the fence check reaches Postgres: A holds the lock and is about to write.
     const hold = a.proxy!.hold(/INSERT INTO lock_fences/);
@@ -83,7 +83,7 @@ describe('R3 a holder paused past its lease is fenced out', () => {
     expect(await stored('x')).toBe('A again');
   }, 30_000);
 
-  it('a holder paused after its fence check cannot overwrite the newer holder’s write', async () => {
+  it('R3b a holder paused after its fence check cannot overwrite the newer holder’s write', async () => {
     const a = set.replica(0);
     // Held after the fence check: A's transaction has recorded its fence and is about to write
     // the item row when it stops.

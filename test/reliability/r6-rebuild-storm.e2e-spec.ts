@@ -7,7 +7,7 @@ import {
 } from '../support/acknowledged-writes';
 import {
   activeSlotNumber,
-  describe as describeAnswer,
+  describeAnswer,
   heldBeforeAnswer,
   usabilityProblems,
 } from '../support/namespace-checks';

@@ -5,7 +5,7 @@ import {
   outcomeOf,
   WriteLedger,
 } from '../support/acknowledged-writes';
-import { describe as describeAnswer, heldBeforeAnswer } from '../support/namespace-checks';
+import { describeAnswer, heldBeforeAnswer } from '../support/namespace-checks';
 import { ReplicaSet } from '../support/replica-harness';
 import { UpsertLoad } from '../support/upsert-load';
 
@@ -40,7 +40,7 @@ describe('R7 rebuild, rebuild, rollback, cleanup with an upsert paused across th
     await ReplicaSet.stopAll();
   }, 30_000);
 
-  it('keeps every acknowledged write in the active slot after each step', async () => {
+  it('R7 keeps every acknowledged write in the active slot after each step', async () => {
     const [pinnedReplica, admin] = [set.replica(0), set.replica(1)];
     const load = new UpsertLoad({
       namespace,

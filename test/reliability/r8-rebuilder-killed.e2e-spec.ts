@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { acknowledgedWriteProblems, WriteLedger } from '../support/acknowledged-writes';
-import { describe as describeAnswer, heldBeforeAnswer } from '../support/namespace-checks';
+import { describeAnswer, heldBeforeAnswer } from '../support/namespace-checks';
 import { Answer, ReplicaSet } from '../support/replica-harness';
 import { UpsertLoad } from '../support/upsert-load';
 
@@ -167,7 +167,7 @@ describe('R8 the rebuilding replica killed in each rebuild phase', () => {
     await ReplicaSet.stopAll();
   }, 30_000);
 
-  it.each(PHASES.map(({ phase }) => phase))('killed while %s', async (phase) => {
+  it.each(PHASES.map(({ phase }) => phase))('R8 killed while %s', async (phase) => {
     const run = runs.find((r) => r.phase === phase)!;
     const problems: string[] = [];
     if (run.observed?.phase !== phase || run.observed.status !== 'running') {

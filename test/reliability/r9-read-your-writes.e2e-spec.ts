@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { describe as describeAnswer } from '../support/namespace-checks';
+import { describeAnswer } from '../support/namespace-checks';
 import { ReplicaSet } from '../support/replica-harness';
 
 const DIMENSION = 16;
@@ -38,7 +38,7 @@ describe('R9 read-your-writes across replicas during repeated rebuild switches',
     await ReplicaSet.stopAll();
   }, 30_000);
 
-  it('never misses its own acknowledged item', async () => {
+  it('R9 never misses its own acknowledged item', async () => {
     let running = true;
     const rebuilds: string[] = [];
     const rebuilder = (async () => {

@@ -20,29 +20,19 @@ export async function usabilityProblems(
     query: 'usable',
     k: 3,
   });
-  if (search.status !== 200) problems.push(`search ${label}: ${describe(search)}`);
+  if (search.status !== 200) problems.push(`search ${label}: ${describeAnswer(search)}`);
   const items = [{ obj_ref: `usable-${label}`, content: `usable-${label} v1` }];
   const upsert = await replica.post('/batch-upsert', { items, table_name: table, namespace });
   ledger.record(namespace, table, items, upsert.status === 200 ? 'acked' : 'refused');
-  if (upsert.status !== 200) problems.push(`upsert ${label}: ${describe(upsert)}`);
+  if (upsert.status !== 200) problems.push(`upsert ${label}: ${describeAnswer(upsert)}`);
   return problems;
-}
-
-/** Slot numbers of a namespace ever handed out, from the catalog and the rebuild history. */
-export async function slotNumbersSeen(db: Pool, namespace: string): Promise<number[]> {
-  const { rows } = await db.query<{ slot: number }>(
-    `SELECT slot FROM vector_slots WHERE namespace = $1
-     UNION SELECT slot FROM vector_rebuilds WHERE namespace = $1 ORDER BY 1`,
-    [namespace],
-  );
-  return rows.map((row) => row.slot);
 }
 
 export async function activeSlotNumber(db: Pool, namespace: string): Promise<number> {
   return (await activeSlot(db, namespace)).slot;
 }
 
-export function describe(answer: Answer): string {
+export function describeAnswer(answer: Answer): string {
   return answer.status === 0
     ? `no answer (${answer.error ?? 'unknown'})`
     : `${answer.status} ${JSON.stringify(answer.body).slice(0, 300)}`;
@@ -59,7 +49,9 @@ export async function heldBeforeAnswer(
   timeoutMs = 15_000,
 ): Promise<void> {
   const answered = request.then((answer) => {
-    throw new Error(`${what}: answered before reaching the held statement: ${describe(answer)}`);
+    throw new Error(
+      `${what}: answered before reaching the held statement: ${describeAnswer(answer)}`,
+    );
   });
   await Promise.race([hold.matched(timeoutMs), answered]);
   answered.catch(() => undefined);

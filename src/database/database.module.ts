@@ -4,6 +4,7 @@ import { Pool } from 'pg';
 import pgvector from 'pgvector/pg';
 import { AppConfigService } from '../config/app-config.module';
 import { PG_POOL } from './database.constants';
+import { DedicatedConnections } from './dedicated-connections';
 import { runMigrations } from './migrator';
 
 const logger = new Logger('Database');
@@ -53,7 +54,8 @@ class DatabaseLifecycle implements OnApplicationShutdown {
   providers: [
     { provide: PG_POOL, inject: [ConfigService], useFactory: createPool },
     DatabaseLifecycle,
+    DedicatedConnections,
   ],
-  exports: [PG_POOL],
+  exports: [PG_POOL, DedicatedConnections],
 })
 export class DatabaseModule {}

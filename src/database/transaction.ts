@@ -1,4 +1,4 @@
-import type { Pool, PoolClient } from 'pg';
+import type { ClientBase, Pool, PoolClient } from 'pg';
 
 /** Runs `work` in a transaction on its own pooled connection: COMMIT, or ROLLBACK on any error. */
 export async function withTransaction<T>(
@@ -15,9 +15,9 @@ export async function withTransaction<T>(
 }
 
 /** Runs `work` in a transaction on a connection the caller holds: COMMIT, or ROLLBACK on error. */
-export async function withTransactionOn<T>(
-  client: PoolClient,
-  work: (client: PoolClient) => Promise<T>,
+export async function withTransactionOn<C extends ClientBase, T>(
+  client: C,
+  work: (client: C) => Promise<T>,
 ): Promise<T> {
   await client.query('BEGIN');
   try {

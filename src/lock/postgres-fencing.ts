@@ -1,4 +1,4 @@
-import type { Pool, PoolClient } from 'pg';
+import type { ClientBase, Pool, PoolClient } from 'pg';
 import { withTransaction } from '../database/transaction';
 import { StaleFenceError } from './lock.errors';
 
@@ -47,7 +47,7 @@ const accepted = new WeakSet<Fenced>();
  */
 export class PostgresFencing {
   /** Inside the caller's transaction: records the fence (raising it if needed) or throws StaleFenceError. */
-  async check(client: PoolClient, lock: Fenced): Promise<void> {
+  async check(client: ClientBase, lock: Fenced): Promise<void> {
     if (!(await this.record(client, lock))) {
       if (!lock.raiseFence || accepted.has(lock)) throw new StaleFenceError(lock.key, lock.fence);
       const { rows } = await client.query<{ fence: string }>(
@@ -85,7 +85,7 @@ export class PostgresFencing {
     );
   }
 
-  private async record(client: PoolClient, lock: Fenced): Promise<boolean> {
+  private async record(client: ClientBase, lock: Fenced): Promise<boolean> {
     const { rowCount } = await client.query(RECORD_FENCE, [
       lock.key,
       lock.fence,

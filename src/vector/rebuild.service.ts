@@ -1,7 +1,8 @@
 import { ConflictException, Inject, Injectable, Logger } from '@nestjs/common';
-import { Pool, PoolClient } from 'pg';
+import { ClientBase, Pool, PoolClient } from 'pg';
 import { PG_POOL } from '../database/database.constants';
 import { isLockTimeout } from '../database/database-errors';
+import { DedicatedConnections } from '../database/dedicated-connections';
 import { withTransactionOn } from '../database/transaction';
 import { EMBEDDING_PROVIDER } from '../embedding/embedding.module';
 import { EmbeddingProvider } from '../embedding/embedding.types';
@@ -53,6 +54,7 @@ export class RebuildService {
 
   constructor(
     @Inject(PG_POOL) private readonly pool: Pool,
+    private readonly connections: DedicatedConnections,
     @Inject(EMBEDDING_PROVIDER) private readonly embedder: EmbeddingProvider,
     private readonly tables: VectorTables,
     private readonly settings: VectorSettings,
@@ -219,7 +221,7 @@ export class RebuildService {
    * that lost its lease (expired, force-released, a failover) changes nothing once a newer
    * holder has written; its own clean-up is fenced too, and acts on its slot by id only.
    *
-   * The rebuild keeps one connection of its own from start to switch. On it, it holds a session
+   * The rebuild keeps one connection of its own (outside the pool) from start to switch. On it, it holds a session
    * advisory lock on the new slot's id (see REBUILD_SESSION_LOCK) and makes the switch: if the
    * process dies or the connection is cut, Postgres drops the lock at once, upserts stop writing
    * the orphan slot, progress reads `abandoned`, and the next rebuild takes over without
@@ -227,7 +229,7 @@ export class RebuildService {
    */
   async rebuild(namespace: string, lock: LockHandle): Promise<RebuildResult> {
     const started = performance.now();
-    const session = await this.pool.connect();
+    const session = await this.connections.open('rebuild');
     let begun: BegunRebuild | undefined;
     try {
       begun = await this.beginSlot(session, namespace, lock);
@@ -316,7 +318,7 @@ export class RebuildService {
       throw error;
     } finally {
       // Closing the connection ends the session lock with it, whatever state it is in.
-      session.release(true);
+      await session.end().catch(() => undefined);
     }
   }
 
@@ -329,7 +331,7 @@ export class RebuildService {
    * a newer fence — are retired here and dropped after commit.
    */
   private async beginSlot(
-    session: PoolClient,
+    session: ClientBase,
     namespace: string,
     lock: LockHandle,
   ): Promise<BegunRebuild> {

@@ -1,9 +1,9 @@
 import { Inject, Injectable } from '@nestjs/common';
-import { Pool, PoolClient } from 'pg';
+import { ClientBase, Pool } from 'pg';
 import { PG_POOL } from '../../database/database.constants';
 import { NamespaceRow, RebuildProgress, SlotRow, WriteTargets } from '../vector.types';
 
-type Queryable = Pool | PoolClient;
+type Queryable = Pool | ClientBase;
 
 const SLOT_COLUMNS =
   'id::int AS id, namespace, slot, model, dimension, status, created_at, activated_at';
@@ -51,7 +51,7 @@ export class NamespaceRepository {
    * its process or connection dies the lock is gone, and upserts stop writing a slot that will
    * never be switched to (that rebuild can no longer switch: it switches on that connection).
    */
-  async lockForWrite(client: PoolClient, namespace: string): Promise<WriteTargets | null> {
+  async lockForWrite(client: ClientBase, namespace: string): Promise<WriteTargets | null> {
     const { rows } = await client.query<WriteTargetRow>(
       `SELECT n.namespace, n.active_slot, n.building_slot, n.previous_slot, n.epoch::int AS epoch,
               json_build_object('id', a.id, 'namespace', a.namespace, 'slot', a.slot,
@@ -76,7 +76,7 @@ export class NamespaceRepository {
   }
 
   /** Exclusive: waits for in-flight upserts, and holds new ones until commit. */
-  async lockForSwitch(client: PoolClient, namespace: string): Promise<NamespaceRow | null> {
+  async lockForSwitch(client: ClientBase, namespace: string): Promise<NamespaceRow | null> {
     const { rows } = await client.query<NamespaceRow>(
       `SELECT ${NAMESPACE_COLUMNS} FROM vector_namespaces WHERE namespace = $1 FOR UPDATE`,
       [namespace],
@@ -85,7 +85,7 @@ export class NamespaceRepository {
   }
 
   /** Creates the namespace with slot 1 active unless it exists; returns true if created here. */
-  async create(client: PoolClient, namespace: string, model: string, dimension: number) {
+  async create(client: ClientBase, namespace: string, model: string, dimension: number) {
     const created = await client.query(
       `INSERT INTO vector_namespaces (namespace, active_slot, last_slot) VALUES ($1, 1, 1)
        ON CONFLICT (namespace) DO NOTHING`,
@@ -96,7 +96,7 @@ export class NamespaceRepository {
   }
 
   async createSlot(
-    client: PoolClient,
+    client: ClientBase,
     namespace: string,
     slot: number,
     model: string,
@@ -137,7 +137,7 @@ export class NamespaceRepository {
   }
 
   /** The next slot number of the namespace; numbers only grow, even past dropped slots. */
-  async allocateSlotNumber(client: PoolClient, namespace: string): Promise<number> {
+  async allocateSlotNumber(client: ClientBase, namespace: string): Promise<number> {
     const { rows } = await client.query<{ slot: number }>(
       `UPDATE vector_namespaces SET last_slot = last_slot + 1, updated_at = now()
        WHERE namespace = $1 RETURNING last_slot AS slot`,
@@ -146,7 +146,7 @@ export class NamespaceRepository {
     return rows[0].slot;
   }
 
-  async setBuilding(client: PoolClient, namespace: string, slot: number): Promise<void> {
+  async setBuilding(client: ClientBase, namespace: string, slot: number): Promise<void> {
     await client.query(
       'UPDATE vector_namespaces SET building_slot = $2, updated_at = now() WHERE namespace = $1',
       [namespace, slot],
@@ -157,7 +157,7 @@ export class NamespaceRepository {
    * Makes `slot` active; the old active one becomes the previous (kept for rollback). The epoch
    * moves on, so rows written from now on are told apart from those written before.
    */
-  async activate(client: PoolClient, namespace: string, slot: number): Promise<void> {
+  async activate(client: ClientBase, namespace: string, slot: number): Promise<void> {
     await client.query(
       `UPDATE vector_slots SET status = 'retired', retired_at = now()
        WHERE namespace = $1 AND status = 'active' AND slot <> $2`,
@@ -179,7 +179,7 @@ export class NamespaceRepository {
   }
 
   /** Deletes one slot row by id, and the namespace's references to it. */
-  async deleteSlot(client: PoolClient, slot: SlotRow): Promise<void> {
+  async deleteSlot(client: ClientBase, slot: SlotRow): Promise<void> {
     await client.query('DELETE FROM vector_slots WHERE id = $1', [slot.id]);
     await client.query(
       `UPDATE vector_namespaces SET
@@ -194,15 +194,15 @@ export class NamespaceRepository {
    * Session-level: held by the rebuild's own connection until it unlocks or the connection
    * ends (see REBUILD_SESSION_LOCK). A slot id is never reused, so nobody else ever asks.
    */
-  async holdRebuildSession(client: PoolClient, slotId: number): Promise<void> {
+  async holdRebuildSession(client: ClientBase, slotId: number): Promise<void> {
     await client.query('SELECT pg_advisory_lock($1, $2)', [REBUILD_SESSION_LOCK, slotId]);
   }
 
-  async releaseRebuildSession(client: PoolClient, slotId: number): Promise<void> {
+  async releaseRebuildSession(client: ClientBase, slotId: number): Promise<void> {
     await client.query('SELECT pg_advisory_unlock($1, $2)', [REBUILD_SESSION_LOCK, slotId]);
   }
 
-  async startRebuild(client: PoolClient, slot: SlotRow, fence: number): Promise<number> {
+  async startRebuild(client: ClientBase, slot: SlotRow, fence: number): Promise<number> {
     const { rows } = await client.query<{ id: number }>(
       `INSERT INTO vector_rebuilds (namespace, slot, slot_id, fence, status, phase)
        VALUES ($1, $2, $3, $4, 'running', 'preparing') RETURNING id::int AS id`,
@@ -285,7 +285,7 @@ export class NamespaceRepository {
   }
 
   /** Under the rebuild lock, in a fenced transaction: no earlier rebuild can still be running. */
-  async abandonRunningRebuilds(client: PoolClient, namespace: string): Promise<void> {
+  async abandonRunningRebuilds(client: ClientBase, namespace: string): Promise<void> {
     await client.query(
       `UPDATE vector_rebuilds SET status = 'abandoned', updated_at = now(), finished_at = now()
        WHERE namespace = $1 AND status = 'running'`,
@@ -294,7 +294,7 @@ export class NamespaceRepository {
   }
 
   /** Marks a slot that will never become active (a superseded or dead rebuild's). */
-  async retire(client: PoolClient, slot: SlotRow): Promise<void> {
+  async retire(client: ClientBase, slot: SlotRow): Promise<void> {
     await client.query(
       `UPDATE vector_slots SET status = 'retired', retired_at = now() WHERE id = $1`,
       [slot.id],

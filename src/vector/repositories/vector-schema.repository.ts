@@ -1,6 +1,7 @@
 import { Inject, Injectable } from '@nestjs/common';
-import { Pool, PoolClient } from 'pg';
+import { ClientBase, Pool, PoolClient } from 'pg';
 import { PG_POOL } from '../../database/database.constants';
+import { DedicatedConnections } from '../../database/dedicated-connections';
 import { withTransaction } from '../../database/transaction';
 import { VectorTables } from '../vector-tables';
 
@@ -40,6 +41,7 @@ export class VectorSchemaRepository {
   constructor(
     @Inject(PG_POOL) private readonly pool: Pool,
     private readonly tables: VectorTables,
+    private readonly connections: DedicatedConnections,
   ) {}
 
   transaction<T>(work: (client: PoolClient) => Promise<T>): Promise<T> {
@@ -75,7 +77,7 @@ export class VectorSchemaRepository {
    * a rebuild loads it standalone and attaches it when its index is built.
    */
   async createSlotTables(
-    client: PoolClient,
+    client: ClientBase,
     slotId: number,
     dimension: number,
     attach: boolean,
@@ -96,7 +98,7 @@ export class VectorSchemaRepository {
   async isAttached(
     table: string,
     slotId: number,
-    db: Pool | PoolClient = this.pool,
+    db: Pool | ClientBase = this.pool,
   ): Promise<boolean> {
     const { rows } = await db.query(
       `SELECT 1 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
@@ -106,7 +108,7 @@ export class VectorSchemaRepository {
     return rows.length > 0;
   }
 
-  async attach(client: PoolClient, table: string, slotId: number): Promise<void> {
+  async attach(client: ClientBase, table: string, slotId: number): Promise<void> {
     if (await this.isAttached(table, slotId, client)) return;
     // The CHECK (slot_id = id) constraint lets Postgres skip the validation scan.
     await client.query(
@@ -116,7 +118,7 @@ export class VectorSchemaRepository {
   }
 
   /** Detaches (if attached) and drops a slot's table: no dead tuples left for HNSW to vacuum. */
-  async dropSlotTable(client: PoolClient, table: string, slotId: number): Promise<void> {
+  async dropSlotTable(client: ClientBase, table: string, slotId: number): Promise<void> {
     if (await this.isAttached(table, slotId, client)) {
       await client.query(
         `ALTER TABLE ${this.tables.parent(table)} DETACH PARTITION ${this.tables.partition(table, slotId)}`,
@@ -144,8 +146,9 @@ export class VectorSchemaRepository {
 
   /**
    * Builds the slot's HNSW index unless a valid one exists; an invalid one (a build that was
-   * interrupted) is dropped first. CONCURRENTLY, so upserts into the slot go on meanwhile; on its
-   * own connection, since it cannot run inside a transaction and its settings are per session.
+   * interrupted) is dropped first. CONCURRENTLY, so upserts into the slot go on meanwhile; on a
+   * connection of its own outside the pool (a build takes seconds to minutes, and several at
+   * once must not starve the requests), ended afterwards with its session settings.
    */
   async ensureIndex(
     table: string,
@@ -156,7 +159,7 @@ export class VectorSchemaRepository {
     const state = await this.indexState(table, slotId);
     if (state.exists && state.valid) return 'exists';
     const index = this.tables.index(table, slotId);
-    const client = await this.pool.connect();
+    const client = await this.connections.open('index-build');
     try {
       if (state.exists) await client.query(`DROP INDEX CONCURRENTLY IF EXISTS ${index}`);
       await client.query('SELECT set_config($1, $2, false)', [
@@ -172,8 +175,7 @@ export class VectorSchemaRepository {
       await client.query(`ANALYZE ${this.tables.partition(table, slotId)}`);
       return 'created';
     } finally {
-      await client.query('RESET ALL').catch(() => undefined);
-      client.release();
+      await client.end().catch(() => undefined);
     }
   }
 
@@ -192,7 +194,7 @@ export class VectorSchemaRepository {
     );
   }
 
-  async createStaging(client: PoolClient, table: string, slotId: number): Promise<void> {
+  async createStaging(client: ClientBase, table: string, slotId: number): Promise<void> {
     await client.query(`DROP TABLE IF EXISTS ${this.tables.staging(table, slotId)}`);
     await client.query(
       `CREATE UNLOGGED TABLE ${this.tables.staging(table, slotId)} (${ITEM_COLUMNS})`,

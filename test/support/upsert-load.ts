@@ -224,3 +224,27 @@ export class MarkedBatches {
     }
   }
 }
+
+/**
+ * For `expect(report).toEqual({ invariant, bad: [] })`: nothing when every answer was fine,
+ * else a count with all answers' statuses, then the first offending answers, one line each.
+ */
+export function answerReport(
+  invariant: string,
+  bad: readonly LoadAnswer[],
+  all: readonly LoadAnswer[],
+): { invariant: string; bad: string[] } {
+  if (bad.length === 0) return { invariant, bad: [] };
+  return {
+    invariant,
+    bad: [
+      `${bad.length} of ${all.length} answers broke it; all answers: ${summarize(all)}`,
+      ...bad
+        .slice(0, 8)
+        .map(
+          (a) =>
+            `${a.kind} via replica ${a.replica}: ${a.status || 'no answer'} after ${a.ms} ms${a.detail ? ` (${a.detail})` : ''}${a.error ? ` (${a.error})` : ''}`,
+        ),
+    ],
+  };
+}

@@ -72,6 +72,26 @@ export class PostgresFencing {
   }
 
   /**
+   * Whether a newer holder than `lock` has recorded its fence: a plain read, which neither waits
+   * for nor holds the fence row. For long work between fenced transactions, to stop early.
+   */
+  async isSuperseded(
+    db: Pool | ClientBase,
+    lock: Pick<Fenced, 'key' | 'fence' | 'token'>,
+  ): Promise<boolean> {
+    const { rows } = await db.query<{ fence: string; holder_token: string | null }>(
+      'SELECT fence, holder_token FROM lock_fences WHERE lock_key = $1',
+      [lock.key],
+    );
+    if (rows.length === 0) return false;
+    const recorded = Number(rows[0].fence);
+    return (
+      recorded > lock.fence ||
+      (recorded === lock.fence && rows[0].holder_token !== (lock.token ?? null))
+    );
+  }
+
+  /**
    * Raises the recorded fence (after a force-release) so writes below it are refused. It is
    * recorded without a holder, so nobody can write with this fence itself either.
    */

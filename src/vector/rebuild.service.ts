@@ -7,7 +7,13 @@ import { withTransactionOn } from '../database/transaction';
 import { EMBEDDING_PROVIDER } from '../embedding/embedding.module';
 import { EmbeddingProvider } from '../embedding/embedding.types';
 import { Idempotent, IdempotencyService, SingleflightOutcome } from '../idempotency';
-import { LockHandle, LockHolderChangedError, LockService, PostgresFencing } from '../lock';
+import {
+  LockHandle,
+  LockHolderChangedError,
+  LockService,
+  PostgresFencing,
+  StaleFenceError,
+} from '../lock';
 import { IndexMaintenance } from './index-maintenance.service';
 import { NamespaceRepository } from './repositories/namespace.repository';
 import { VectorItemRepository } from './repositories/vector-item.repository';
@@ -216,10 +222,15 @@ export class RebuildService {
   }
 
   /**
-   * The rebuild proper, under the rebuild lock. Each phase that changes the catalog or the new
-   * slot's rows runs in its own transaction that first checks the lock's fence, so a rebuild
-   * that lost its lease (expired, force-released, a failover) changes nothing once a newer
-   * holder has written; its own clean-up is fenced too, and acts on its slot by id only.
+   * The rebuild proper, under the rebuild lock. Every catalog change — registering the slot,
+   * the switch, its own clean-up — runs in a transaction that first checks the lock's fence, so
+   * a rebuild that lost its lease (expired, force-released, a failover) changes nothing once a
+   * newer holder has written; clean-up acts on its own slot, by id, only. The bulk work between
+   * (staging loads, the merge, index builds) writes only the rebuild's own slot, which nobody
+   * reads before the fenced switch has checked it is still the namespace's building slot; it
+   * checks the fence without locking it before each step, so a stale rebuild stops early — and,
+   * holding no fence row lock while it loads, a rebuild paused mid-load cannot hold up its
+   * successor or an operator's force-release.
    *
    * The rebuild keeps one connection of its own (outside the pool) from start to switch. On it, it holds a session
    * advisory lock on the new slot's id (see REBUILD_SESSION_LOCK) and makes the switch: if the
@@ -240,28 +251,33 @@ export class RebuildService {
       const total = await this.countItems(source);
       await this.namespaces.updateRebuild(progressId, { phase: 'loading', total });
       for (const table of this.tables.names) {
-        await this.fenced(lock, (client) => this.schema.createStaging(client, table, target.id));
+        await this.assertCurrent(lock);
+        await this.vectors.transaction((client) =>
+          this.schema.createStaging(client, table, target.id),
+        );
         // A table registered after this namespace was created has nothing to carry over.
         const hasSource = await this.schema.slotTableExists(table, source.id);
         for (let after: string | null = null; hasSource;) {
-          lock.signal.throwIfAborted();
+          await this.assertCurrent(lock);
           const page = await this.items.page(table, source.id, after, PAGE_SIZE);
           if (page.length === 0) break;
           const rows = await this.reembed(page, target, counts);
-          await this.fenced(lock, (client) =>
+          await this.vectors.transaction((client) =>
             this.items.copyIntoStaging(client, table, target.id, rows),
           );
           processed += page.length;
           after = page[page.length - 1].obj_ref;
           await this.namespaces.updateRebuild(progressId, { processed, ...counts });
         }
-        await this.fenced(lock, (client) => this.items.mergeStaging(client, table, target.id));
+        await this.assertCurrent(lock);
+        await this.vectors.transaction((client) =>
+          this.items.mergeStaging(client, table, target.id),
+        );
       }
       await this.namespaces.updateRebuild(progressId, { phase: 'indexing' });
       const indexSettings = await this.settings.indexSettings();
       for (const table of this.tables.names) {
-        // CREATE INDEX CONCURRENTLY cannot run in a transaction: check the fence just before.
-        await this.fenced(lock, () => Promise.resolve());
+        await this.assertCurrent(lock);
         await this.schema.ensureIndex(table, target.id, target.dimension, indexSettings);
       }
       await this.namespaces.updateRebuild(progressId, { phase: 'switching' });
@@ -314,6 +330,11 @@ export class RebuildService {
               String(cleanupError),
           ),
         );
+      }
+      // Superseded mid-step (its slot's tables dropped under it by the successor, say): the
+      // cause to report is the lost lease, not what it broke.
+      if (!(error instanceof StaleFenceError) && (await this.superseded(lock))) {
+        throw new StaleFenceError(lock.key, lock.fence);
       }
       throw error;
     } finally {
@@ -404,6 +425,19 @@ export class RebuildService {
   private async dropSlot(client: PoolClient, slot: SlotRow): Promise<void> {
     for (const table of this.tables.names) await this.schema.dropSlotTable(client, table, slot.id);
     await this.namespaces.deleteSlot(client, slot);
+  }
+
+  /**
+   * Throws once the lease is known lost, or a newer holder's fence is recorded. A plain read:
+   * it neither waits for nor holds the fence row (see rebuild()).
+   */
+  private async assertCurrent(lock: LockHandle): Promise<void> {
+    lock.signal.throwIfAborted();
+    if (await this.superseded(lock)) throw new StaleFenceError(lock.key, lock.fence);
+  }
+
+  private superseded(lock: LockHandle): Promise<boolean> {
+    return this.fencing.isSuperseded(this.pool, lock).catch(() => false);
   }
 
   /** A transaction that starts with the lock's fence check (refused once a newer holder wrote). */

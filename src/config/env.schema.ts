@@ -49,6 +49,7 @@ export const envSchema = z.object({
   DATABASE_URL: url(['postgres:', 'postgresql:']),
   DATABASE_POOL_MAX: positiveInt.default(10),
   DATABASE_CONNECT_TIMEOUT_MS: positiveInt.default(5_000),
+  DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS: nonNegativeInt.default(15_000),
   MIGRATE_ON_START: bool.default(true),
 
   // name:scope:secret,… (scope read|write|admin); required in production. Never logged.

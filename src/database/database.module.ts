@@ -24,7 +24,11 @@ async function createPool(config: AppConfigService): Promise<Pool> {
     application_name: 'vector-service',
     // The search breadth for every connection, so a search needs no transaction around a
     // SET LOCAL (one round trip instead of three) unless it asks for more than this.
-    options: `-c hnsw.ef_search=${config.get('SEARCH_EF_SEARCH', { infer: true })}`,
+    // A replica paused inside a transaction (SIGSTOP, a frozen VM) holds its row locks — a
+    // lock's fence row among them — until Postgres ends its idle session.
+    options:
+      `-c hnsw.ef_search=${config.get('SEARCH_EF_SEARCH', { infer: true })}` +
+      ` -c idle_in_transaction_session_timeout=${config.get('DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS', { infer: true })}`,
     // Awaited for every new connection before it is handed out (unlike pool.on('connect')).
     // eslint-disable-next-line @typescript-eslint/no-misused-promises -- pg-pool awaits it; @types/pg says void
     onConnect: (client) => pgvector.registerTypes(client),

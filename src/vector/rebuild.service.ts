@@ -29,6 +29,8 @@ export const rebuildIdempotencyKey = (namespace: string) => `idem:vector:rebuild
 
 /** Rows read, re-embedded and bulk-loaded per step. */
 const PAGE_SIZE = 2_000;
+/** Rows copied server-side per statement (their row locks are held until it commits). */
+const COPY_PAGE_SIZE = 5_000;
 /**
  * How long dropping a slot's tables may wait for their locks. A rebuild that lost its lock while
  * paused mid-COPY keeps its staging table locked; its slot is then left for a later cleanup
@@ -48,9 +50,10 @@ export type RebuildResult = {
 } & Record<`${string}_updated`, number>;
 
 /**
- * Rebuild: every item of a namespace (all registered tables) re-embedded into slot N+1, which is
- * bulk-loaded standalone (binary COPY into an unlogged staging table, then merged), indexed
- * after loading, attached, and switched to atomically. Upserts meanwhile write to both slots
+ * Rebuild: every item of a namespace (all registered tables) into a new slot, loaded standalone
+ * (reusable embeddings copied server-side; the others re-embedded and bulk-loaded with binary
+ * COPY into an unlogged staging table, then merged), indexed after loading, attached, and
+ * switched to atomically. Upserts meanwhile write to both slots
  * (see VectorService.write), and the switch waits for in-flight ones: none is lost.
  */
 @Injectable()
@@ -226,17 +229,21 @@ export class RebuildService {
    * the switch, its own clean-up — runs in a transaction that first checks the lock's fence, so
    * a rebuild that lost its lease (expired, force-released, a failover) changes nothing once a
    * newer holder has written; clean-up acts on its own slot, by id, only. The bulk work between
-   * (staging loads, the merge, index builds) writes only the rebuild's own slot, which nobody
+   * (copies, staging loads, the merge, index builds) writes only the rebuild's own slot, which nobody
    * reads before the fenced switch has checked it is still the namespace's building slot; it
    * checks the fence without locking it before each step, so a stale rebuild stops early — and,
    * holding no fence row lock while it loads, a rebuild paused mid-load cannot hold up its
    * successor or an operator's force-release.
    *
-   * The rebuild keeps one connection of its own (outside the pool) from start to switch. On it, it holds a session
-   * advisory lock on the new slot's id (see REBUILD_SESSION_LOCK) and makes the switch: if the
-   * process dies or the connection is cut, Postgres drops the lock at once, upserts stop writing
-   * the orphan slot, progress reads `abandoned`, and the next rebuild takes over without
-   * waiting for leases to run out.
+   * The rebuild keeps one connection of its own (outside the pool) from start to switch. On
+   * it, it holds a session advisory lock on the new slot's id (see REBUILD_SESSION_LOCK) and
+   * makes the switch: if the process dies or the connection is cut, Postgres drops the lock at
+   * once, upserts stop writing the orphan slot, progress reads `abandoned`, and the next rebuild
+   * takes over without waiting for leases to run out.
+   *
+   * Rows whose embedding can stay as it is (client vectors of the new dimension, provider
+   * vectors of the new model) are copied server-side; only the rest travel through this process
+   * to be embedded again.
    */
   async rebuild(namespace: string, lock: LockHandle): Promise<RebuildResult> {
     const started = performance.now();
@@ -257,9 +264,27 @@ export class RebuildService {
         );
         // A table registered after this namespace was created has nothing to carry over.
         const hasSource = await this.schema.slotTableExists(table, source.id);
+        // Rows whose embedding stays as it is never leave Postgres...
         for (let after: string | null = null; hasSource;) {
           await this.assertCurrent(lock);
-          const page = await this.items.page(table, source.id, after, PAGE_SIZE);
+          const page = await this.items.copyReusable(
+            table,
+            source.id,
+            target.id,
+            target,
+            after,
+            COPY_PAGE_SIZE,
+          );
+          if (page.scanned === 0) break;
+          counts.reused += page.reused;
+          processed += page.reused;
+          after = page.last;
+          await this.namespaces.updateRebuild(progressId, { processed, ...counts });
+        }
+        // ...the others are embedded again and bulk-loaded through the staging table.
+        for (let after: string | null = null; hasSource;) {
+          await this.assertCurrent(lock);
+          const page = await this.items.page(table, source.id, after, PAGE_SIZE, target);
           if (page.length === 0) break;
           const rows = await this.reembed(page, target, counts);
           await this.vectors.transaction((client) =>

@@ -1,5 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { Pool } from 'pg';
+import { NamespaceRepository } from '../../src/vector/repositories/namespace.repository';
+import { VectorSchemaRepository } from '../../src/vector/repositories/vector-schema.repository';
 import { FakeEmbeddingsServer } from '../support/fake-embeddings-server';
 import { FreshDatabase, createFreshDatabase } from '../support/fresh-database';
 import { TestApp, startTestApp } from '../support/app';
@@ -162,6 +164,57 @@ describe('Vector data under lock loss, takeovers, dimension changes and switches
       .send({ namespace })
       .expect(200);
     expect((await activeItems(namespace)).size).toBe(22);
+  });
+
+  it('an upsert that waited for a rebuild to begin also writes the new building slot', async () => {
+    const namespace = newNamespace();
+    await seed(namespace, 3);
+    const namespaces = writer.app.get(NamespaceRepository);
+    const schema = writer.app.get(VectorSchemaRepository);
+    // A rebuild's beginSlot, done by hand so that an upsert can be made to wait on it: the
+    // namespace row FOR UPDATE, a new building slot with its tables and session lock.
+    const begin = await pool.connect();
+    try {
+      await begin.query('BEGIN');
+      await namespaces.lockForSwitch(begin, namespace);
+      const slot = await namespaces.createSlot(
+        begin,
+        namespace,
+        await namespaces.allocateSlotNumber(begin, namespace),
+        'm1',
+        DIMENSION,
+        'building',
+      );
+      await namespaces.holdRebuildSession(begin, slot.id);
+      await schema.createSlotTables(begin, slot.id, DIMENSION, false);
+      await namespaces.setBuilding(begin, namespace, slot.slot);
+      const upsertAnswer = upsert(writer, namespace, [
+        {
+          obj_ref: 'waited',
+          content: 'waited for the rebuild to begin',
+          embedding: clientVector(4),
+        },
+      ]).then((res) => res);
+      await waitFor(
+        async () =>
+          (
+            await pool.query(
+              `SELECT 1 FROM pg_stat_activity
+               WHERE datname = current_database() AND wait_event_type = 'Lock'
+                 AND query LIKE '%FOR SHARE OF n%'`,
+            )
+          ).rowCount! > 0,
+        { intervalMs: 10, what: 'the upsert waiting on the namespace row' },
+      );
+      await begin.query('COMMIT');
+      expect((await upsertAnswer).status).toBe(200);
+      const { rows } = await pool.query<{ content: string }>(
+        `SELECT content FROM vec_questions_s${slot.id} WHERE obj_ref = 'waited'`,
+      );
+      expect(rows).toEqual([{ content: 'waited for the rebuild to begin' }]);
+    } finally {
+      begin.release(true);
+    }
   });
 
   it('refuses client vectors of the old dimension once a rebuild to another dimension began, and loses no acknowledged write', async () => {

@@ -9,6 +9,7 @@ import {
   activeSlotNumber,
   describeAnswer,
   heldBeforeAnswer,
+  LOADING_STATEMENT,
   usabilityProblems,
 } from '../support/namespace-checks';
 import { Answer, ReplicaSet } from '../support/replica-harness';
@@ -214,7 +215,7 @@ describe('R6 rebuild storm, a leader paused past its lease, a force-released reb
 
   it('R6b leader stopped mid-load past its leases, a successor rebuild, the leader resumes: refused, namespace usable and complete', async () => {
     const [leader, successor] = [set.replica(0), set.replica(1)];
-    const leaderLoad = leader.proxy!.hold(/COPY "vec_/);
+    const leaderLoad = leader.proxy!.hold(LOADING_STATEMENT);
     const leaderRebuild = leader.post('/rebuild-index', { namespace, force: true });
     await heldBeforeAnswer(leaderLoad, leaderRebuild, 'the leader rebuild');
     const leaderSlot = await loadingSlot();
@@ -253,7 +254,7 @@ describe('R6 rebuild storm, a leader paused past its lease, a force-released reb
 
   it('R6c rebuild lock force-released mid-load, a manual rebuild elsewhere, the evicted one goes on: refused, namespace usable and complete', async () => {
     const [evictedReplica, successor] = [set.replica(2), set.replica(1)];
-    const evictedLoad = evictedReplica.proxy!.hold(/COPY "vec_/);
+    const evictedLoad = evictedReplica.proxy!.hold(LOADING_STATEMENT);
     const evictedRebuild = evictedReplica.post('/rebuild-index', { namespace, force: true });
     await heldBeforeAnswer(evictedLoad, evictedRebuild, 'the rebuild to be evicted');
     const evictedSlot = await loadingSlot();

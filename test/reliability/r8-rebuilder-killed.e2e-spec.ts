@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { acknowledgedWriteProblems, WriteLedger } from '../support/acknowledged-writes';
-import { describeAnswer, heldBeforeAnswer } from '../support/namespace-checks';
+import { describeAnswer, heldBeforeAnswer, LOADING_STATEMENT } from '../support/namespace-checks';
 import { Answer, ReplicaSet } from '../support/replica-harness';
 import { UpsertLoad } from '../support/upsert-load';
 
@@ -12,7 +12,7 @@ const NEXT_REBUILD_WITHIN_MS = 6_000;
 /** Each phase with a statement that only a rebuild in that phase sends. */
 const PHASES = [
   { phase: 'preparing', statement: /count\(\*\)::int AS count FROM/ },
-  { phase: 'loading', statement: /COPY "vec_/ },
+  { phase: 'loading', statement: LOADING_STATEMENT },
   { phase: 'indexing', statement: /CREATE INDEX CONCURRENTLY/ },
   { phase: 'switching', statement: /ATTACH PARTITION/ },
 ] as const;

@@ -6,6 +6,13 @@ import type { Answer, Replica } from './replica-harness';
  * Whether a namespace is still usable through `replica`: a search answers 200 and an upsert
  * answers 200 (recorded in the ledger). One line per failed check.
  */
+/**
+ * A statement only a rebuild's loading phase sends: the server-side copy of one page of rows
+ * (VectorItemRepository.copyReusable). Tests hold it in the fault proxy to pause a rebuild
+ * mid-load.
+ */
+export const LOADING_STATEMENT = /WITH page AS/;
+
 export async function usabilityProblems(
   replica: Replica,
   namespace: string,

@@ -50,8 +50,15 @@ export class NamespaceRepository {
    * rebuild loading it is alive. A rebuild holds a session advisory lock on its slot id; when
    * its process or connection dies the lock is gone, and upserts stop writing a slot that will
    * never be switched to (that rebuild can no longer switch: it switches on that connection).
+   * When the lock had to wait for a switch, the joined slots may be stale; see below. (A switch
+   * that moved the active slot makes the join fail outright: no row, and the caller's
+   * create-or-read path reads again.)
    */
-  async lockForWrite(client: ClientBase, namespace: string): Promise<WriteTargets | null> {
+  async lockForWrite(
+    client: ClientBase,
+    namespace: string,
+    retried = false,
+  ): Promise<WriteTargets | null> {
     const { rows } = await client.query<WriteTargetRow>(
       `SELECT n.namespace, n.active_slot, n.building_slot, n.previous_slot, n.epoch::int AS epoch,
               json_build_object('id', a.id, 'namespace', a.namespace, 'slot', a.slot,
@@ -72,6 +79,14 @@ export class NamespaceRepository {
     const row = rows[0];
     if (!row) return null;
     const { active, building, building_live, ...namespaceRow } = row;
+    if (active.slot !== row.active_slot || (building?.slot ?? null) !== row.building_slot) {
+      // The row lock waited for a switch or a rebuild's start, and Postgres rechecked the new
+      // version of the namespace row against slot rows joined from the statement's snapshot
+      // (EvalPlanQual rechecks the locked row, not the join): those are stale. Read again,
+      // now that the lock is held — a new statement sees the committed change.
+      if (retried) throw new Error(`the slots of ${namespace} changed under a held row lock`);
+      return this.lockForWrite(client, namespace, true);
+    }
     return { namespace: namespaceRow, active, building: building_live ? building : null };
   }
 

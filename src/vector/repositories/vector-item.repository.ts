@@ -33,6 +33,17 @@ interface GuardedHit {
   score: number | null;
 }
 
+/** The model and dimension a slot's embeddings must have. */
+export interface EmbeddingTarget {
+  model: string;
+  dimension: number;
+}
+
+/** SQL: the row's embedding can go into a slot of model `$model`, dimension `$dimension`. */
+const REUSABLE_FOR = (model: string, dimension: string) =>
+  `COALESCE((embedding_source = 'client' AND vector_dims(embedding) = ${dimension}::int)
+     OR (embedding_source = 'provider' AND model = ${model}::text), false)`;
+
 export interface TableSlotStats {
   rows: number;
   bytes: number;
@@ -122,20 +133,74 @@ export class VectorItemRepository {
     return new Map(rows.map((row) => [row.obj_ref, row]));
   }
 
-  /** Keyset pagination over a slot in obj_ref order (the primary key). */
+  /**
+   * Keyset pagination over a slot in obj_ref order. The slot_id equality lets the primary key
+   * (slot_id, obj_ref) serve the order: without it, every page was a full scan and a sort.
+   * With `onlyStaleFor`, only rows whose embedding cannot go into such a slot as it is.
+   */
   async page(
     table: string,
     slotId: number,
     after: string | null,
     limit: number,
+    onlyStaleFor?: EmbeddingTarget,
   ): Promise<ItemRow[]> {
     const { rows } = await this.pool.query<ItemRow>(
       `SELECT obj_ref, item_id, content, content_hash, metadata, embedding, embedding_source, model
        FROM ${this.tables.partition(table, slotId)}
-       WHERE $1::text IS NULL OR obj_ref > $1 ORDER BY obj_ref LIMIT $2`,
-      [after, limit],
+       WHERE slot_id = $1 AND ($2::text IS NULL OR obj_ref > $2)
+         AND ($4::text IS NULL OR NOT ${REUSABLE_FOR('$4', '$5')})
+       ORDER BY obj_ref LIMIT $3`,
+      [
+        slotId,
+        after,
+        limit,
+        onlyStaleFor?.model ?? null,
+        onlyStaleFor ? Math.trunc(onlyStaleFor.dimension) : null,
+      ],
     );
     return rows;
+  }
+
+  /**
+   * One page of a rebuild's copy, server-side: of the next `limit` rows of `fromSlot`, those
+   * whose embedding can go into `toSlot` as it is (a client vector of its dimension, a provider
+   * vector of its model) are inserted there without leaving Postgres. Rows already in `toSlot`
+   * came from upserts made during the rebuild, newer than this copy: they win. Returns what the
+   * page held, so the caller can page on and knows how many rows it reused.
+   */
+  async copyReusable(
+    table: string,
+    fromSlot: number,
+    toSlot: number,
+    target: EmbeddingTarget,
+    after: string | null,
+    limit: number,
+  ): Promise<{ scanned: number; reused: number; last: string | null }> {
+    const { rows } = await this.pool.query<{
+      scanned: number;
+      reused: number;
+      last: string | null;
+    }>(
+      `WITH page AS (
+         SELECT obj_ref, item_id, content, content_hash, metadata, embedding, embedding_source,
+                model, ${REUSABLE_FOR('$5', '$6')} AS reusable
+         FROM ${this.tables.partition(table, fromSlot)}
+         WHERE slot_id = $1 AND ($2::text IS NULL OR obj_ref > $2)
+         ORDER BY obj_ref LIMIT $3
+       ), copied AS (
+         INSERT INTO ${this.tables.partition(table, toSlot)} (${COPY_COLUMNS})
+         SELECT $4, obj_ref, item_id, content, content_hash, metadata, embedding,
+                embedding_source, model
+         FROM page WHERE reusable ORDER BY obj_ref
+         ON CONFLICT (slot_id, obj_ref) DO NOTHING
+       )
+       SELECT count(*)::int AS scanned, (count(*) FILTER (WHERE reusable))::int AS reused,
+              max(obj_ref) AS last
+       FROM page`,
+      [fromSlot, after, limit, toSlot, target.model, Math.trunc(target.dimension)],
+    );
+    return rows[0];
   }
 
   /**

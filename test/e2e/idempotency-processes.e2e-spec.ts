@@ -1,11 +1,10 @@
-import { ChildProcess, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { once } from 'node:events';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import Redis from 'ioredis';
 import type { IdempotencyRecord, SingleflightOutcome } from '../../src/idempotency';
 import { TEST_REDIS_URL } from '../support/env';
+import { JsonLineWorker } from '../support/json-line-worker';
 import { requireBuild } from '../support/service-process';
 import { waitFor } from '../support/wait';
 
@@ -57,34 +56,9 @@ interface CallCommand {
   trace?: boolean;
 }
 
-/**
- * idem-worker.js as a child process: commands go to its stdin; events are awaited as they arrive
- * on its stdout (no polling), each wait with a deadline. A worker that reports an error or exits
- * fails every pending wait at once, with its output in the message.
- */
-class IdemWorker {
-  readonly events: IdemEvent[] = [];
-  output = '';
-  readonly exited: Promise<unknown>;
-  private readonly watchers = new Set<() => void>();
-  private failure?: Error;
+/** idem-worker.js as a child process (see JsonLineWorker). */
+class IdemWorker extends JsonLineWorker<IdemEvent> {
   private calls = 0;
-
-  private constructor(private readonly child: ChildProcess) {
-    this.exited = once(child, 'exit').then(
-      ([code, signal]) => this.fail(`exited (code ${String(code)}, ${String(signal)})`),
-      (error: Error) => this.fail(`did not start: ${error.message}`),
-    );
-    child.stderr!.on('data', (chunk: Buffer) => (this.output += chunk.toString()));
-    createInterface({ input: child.stdout! }).on('line', (line) => {
-      this.output += `${line}\n`;
-      if (!line.startsWith('{')) return;
-      const event = JSON.parse(line) as IdemEvent;
-      this.events.push(event);
-      if (event.event === 'error') this.fail(`failed: ${event.message}`);
-      for (const watch of [...this.watchers]) watch();
-    });
-  }
 
   static start(connectionName: string, warmupKey: string): IdemWorker {
     requireBuild();
@@ -92,46 +66,14 @@ class IdemWorker {
       env: { PATH: process.env.PATH ?? '' },
       stdio: ['pipe', 'pipe', 'pipe'],
     });
-    return new IdemWorker(child);
-  }
-
-  get pid(): number {
-    return this.child.pid!;
+    return new IdemWorker(child, 'idem worker');
   }
 
   /** Starts `calls` concurrent singleflight calls; returns the id their events carry. */
   call(command: CallCommand): string {
     const id = `${this.pid}-${++this.calls}`;
-    this.child.stdin!.write(`${JSON.stringify({ cmd: 'call', id, ...command })}\n`);
+    this.send({ cmd: 'call', id, ...command });
     return id;
-  }
-
-  /** The first value `check` finds in the events (checked again on every new event). */
-  until<T>(check: (events: IdemEvent[]) => T | undefined, what: string, timeoutMs = 15_000) {
-    return new Promise<T>((resolve, reject) => {
-      const finish = (error?: Error, value?: T) => {
-        clearTimeout(timer);
-        this.watchers.delete(watch);
-        if (error)
-          reject(
-            new Error(
-              `waiting for ${what} from idem worker ${this.pid}: ${error.message}\n--- worker output ---\n${this.output}`,
-            ),
-          );
-        else resolve(value as T);
-      };
-      const watch = () => {
-        const value = check(this.events);
-        if (value !== undefined) finish(undefined, value);
-        else if (this.failure) finish(this.failure);
-      };
-      const timer = setTimeout(
-        () => finish(new Error(`timed out after ${timeoutMs} ms`)),
-        timeoutMs,
-      );
-      this.watchers.add(watch);
-      watch();
-    });
   }
 
   /** The first event matching `match` (an event name or a predicate), also one already seen. */
@@ -149,26 +91,6 @@ class IdemWorker {
   /** Events of call `id` (or on `key`, for traced store operations) named `name`. */
   of(name: string, idOrKey: string): IdemEvent[] {
     return this.events.filter((e) => e.event === name && (e.id === idOrKey || e.key === idOrKey));
-  }
-
-  signal(signal: NodeJS.Signals): void {
-    if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill(signal);
-  }
-
-  /** Asks it to close its clients and exit; SIGKILL if it has not within 3 s (or is stopped). */
-  async stop(): Promise<void> {
-    this.signal('SIGCONT');
-    if (this.child.exitCode === null && this.child.signalCode === null) {
-      this.child.stdin!.end(`${JSON.stringify({ cmd: 'exit' })}\n`);
-    }
-    const timer = setTimeout(() => this.signal('SIGKILL'), 3_000);
-    await this.exited;
-    clearTimeout(timer);
-  }
-
-  private fail(reason: string): void {
-    this.failure ??= new Error(reason);
-    for (const watch of [...this.watchers]) watch();
   }
 }
 

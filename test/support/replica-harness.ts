@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { Pool } from 'pg';
-import { ControllableRedis } from './controllable-redis';
+import { PrivateRedis } from './redis-server';
 import { testEnv, TEST_DATABASE_URL } from './env';
 import { FaultProxy } from './fault-proxy';
 import { createFreshDatabase, FreshDatabase } from './fresh-database';
@@ -56,7 +56,7 @@ export class ReplicaSet {
   private stopped = false;
 
   private constructor(
-    readonly redis: ControllableRedis,
+    readonly redis: PrivateRedis,
     readonly database: FreshDatabase,
     private readonly options: ReplicaSetOptions,
   ) {
@@ -70,7 +70,7 @@ export class ReplicaSet {
   }
 
   static async start(options: ReplicaSetOptions): Promise<ReplicaSet> {
-    const redis = await ControllableRedis.start();
+    const redis = await PrivateRedis.start();
     let database: FreshDatabase;
     try {
       database = await createFreshDatabase('vector_reliability');

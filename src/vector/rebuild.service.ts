@@ -300,21 +300,29 @@ export class RebuildService {
         );
       }
       await this.namespaces.updateRebuild(progressId, { phase: 'indexing' });
+      // Upserts now write the new slot's side tables, so that its index can be built plainly
+      // (one pass; CONCURRENTLY adds a validation scan, about a tenth more).
+      await withTransactionOn(session, async (client) => {
+        await this.lockOwnNamespace(client, namespace, target, lock);
+        for (const table of this.tables.names) {
+          await this.schema.createDelta(client, table, target.id, target.dimension);
+        }
+        await this.namespaces.setBuildingIndexing(client, namespace);
+      });
       const indexSettings = await this.settings.indexSettings();
       for (const table of this.tables.names) {
         await this.assertCurrent(lock);
-        await this.schema.ensureIndex(table, target.id, target.dimension, indexSettings);
+        await this.schema.ensureIndex(table, target.id, target.dimension, indexSettings, {
+          concurrently: false,
+        });
       }
       await this.namespaces.updateRebuild(progressId, { phase: 'switching' });
       await withTransactionOn(session, async (client) => {
-        const row = (await this.namespaces.lockForSwitch(client, namespace))!;
-        await this.fencing.check(client, lock);
-        if (row.building_slot !== target.slot) {
-          throw new ConflictException(
-            `The rebuild of ${namespace} into slot ${target.slot} was superseded by another.`,
-          );
+        await this.lockOwnNamespace(client, namespace, target, lock);
+        for (const table of this.tables.names) {
+          await this.items.mergeDelta(client, table, target.id);
+          await this.schema.attach(client, table, target.id);
         }
-        for (const table of this.tables.names) await this.schema.attach(client, table, target.id);
         await this.namespaces.activate(client, namespace, target.slot);
       });
       const updated: Record<string, number> = {};
@@ -405,6 +413,25 @@ export class RebuildService {
       const progressId = await this.namespaces.startRebuild(client, target, lock.fence);
       return { source, target, progressId, leftovers };
     });
+  }
+
+  /**
+   * In a transaction on the rebuild's connection: the namespace row FOR UPDATE (upserts in
+   * flight finish, new ones wait), the fence checked, and the building slot still this one.
+   */
+  private async lockOwnNamespace(
+    client: ClientBase,
+    namespace: string,
+    target: SlotRow,
+    lock: LockHandle,
+  ): Promise<void> {
+    const row = (await this.namespaces.lockForSwitch(client, namespace))!;
+    await this.fencing.check(client, lock);
+    if (row.building_slot !== target.slot) {
+      throw new ConflictException(
+        `The rebuild of ${namespace} into slot ${target.slot} was superseded by another.`,
+      );
+    }
   }
 
   /** Drops a slot an earlier rebuild left behind, if its tables are free; else cleanup will. */

@@ -41,6 +41,14 @@ export class VectorTables {
     return escapeIdentifier(`${this.partitionName(table, slotId)}_hnsw`);
   }
 
+  /**
+   * A building slot's side table: what upserts write for the slot while its index is built
+   * (logged: it holds acknowledged writes until the switch merges it).
+   */
+  delta(table: string, slotId: number): string {
+    return escapeIdentifier(`${this.partitionName(table, slotId)}_delta`);
+  }
+
   /** An unlogged table a rebuild bulk-loads before merging into the new slot. */
   staging(table: string, slotId: number): string {
     return escapeIdentifier(`${this.partitionName(table, slotId)}_load`);

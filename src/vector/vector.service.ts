@@ -105,7 +105,16 @@ export class VectorService {
       if (building) this.assertWritable(batch, building);
       await this.items.upsert(client, batch.table, active.id, batch.rows, namespace.epoch);
       if (building) {
-        await this.items.upsert(client, batch.table, building.id, batch.rows, namespace.epoch);
+        // While the building slot's index is built, its copy goes to the slot's side table.
+        const into = namespace.building_indexing ? 'delta' : 'slot';
+        await this.items.upsert(
+          client,
+          batch.table,
+          building.id,
+          batch.rows,
+          namespace.epoch,
+          into,
+        );
       }
       return namespace.active_slot;
     });

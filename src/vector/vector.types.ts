@@ -14,6 +14,8 @@ export interface NamespaceRow {
   namespace: string;
   active_slot: number;
   building_slot: number | null;
+  /** The building slot's index is being built: upserts write its side tables meanwhile. */
+  building_indexing: boolean;
   previous_slot: number | null;
   /** Bumped at every change of the active slot; upserts stamp their rows with it. */
   epoch: number;

@@ -217,6 +217,66 @@ describe('Vector data under lock loss, takeovers, dimension changes and switches
     }
   });
 
+  it('upserts during the index build of a rebuild go through unblocked and reach the new slot', async () => {
+    const namespace = newNamespace();
+    await seed(namespace, 10);
+    const release = holdNextEmbedding(embeddings);
+    const requestsBefore = embeddings.requests.length;
+    const rebuild = rebuilder.http
+      .post('/api/v1/vector/admin/rebuild-index-manual')
+      .send({ namespace })
+      .then((res) => res);
+    await waitFor(() => embeddings.requests.length > requestsBefore, { what: 'rebuild loading' });
+    const { rows } = await pool.query<{ id: string }>(
+      `SELECT s.id FROM vector_namespaces n
+       JOIN vector_slots s ON s.namespace = n.namespace AND s.slot = n.building_slot
+       WHERE n.namespace = $1`,
+      [namespace],
+    );
+    const target = `vec_questions_s${Number(rows[0].id)}`;
+    // A reader of the new slot's table holds up its index build (which locks out writers).
+    const reader = await pool.connect();
+    try {
+      await reader.query('BEGIN');
+      await reader.query(`LOCK TABLE ${target} IN ROW EXCLUSIVE MODE`);
+      release();
+      await waitFor(
+        async () =>
+          (
+            await pool.query(
+              `SELECT 1 FROM pg_stat_activity
+               WHERE datname = current_database() AND wait_event_type = 'Lock'
+                 AND query LIKE '%CREATE INDEX%'`,
+            )
+          ).rowCount! > 0,
+        { what: 'the index build waiting' },
+      );
+      // Meanwhile upserts are answered at once: their copy for the new slot waits in its side
+      // table, not behind the build.
+      const started = performance.now();
+      await upsert(writer, namespace, [
+        { obj_ref: 'while-indexing', content: 'during the build', embedding: clientVector(5) },
+        {
+          obj_ref: 'seed-1',
+          content: 'seed 1 changed during the build',
+          embedding: clientVector(6),
+        },
+      ]).expect(200);
+      expect(performance.now() - started).toBeLessThan(2_000);
+      await reader.query('COMMIT');
+    } finally {
+      reader.release();
+    }
+    expect((await rebuild).status).toBe(200);
+    const items = await activeItems(namespace);
+    expect(items.get('while-indexing')).toBe('during the build');
+    expect(items.get('seed-1')).toBe('seed 1 changed during the build');
+    expect(items.size).toBe(11);
+    expect(
+      (await pool.query('SELECT to_regclass($1) AS t', [`${target}_delta`])).rows[0].t,
+    ).toBeNull();
+  });
+
   it('refuses client vectors of the old dimension once a rebuild to another dimension began, and loses no acknowledged write', async () => {
     const namespace = newNamespace();
     await seed(namespace, 10);

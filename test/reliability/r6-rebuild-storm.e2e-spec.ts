@@ -9,6 +9,7 @@ import {
   activeSlotNumber,
   describeAnswer,
   heldBeforeAnswer,
+  INDEXING_STATEMENT,
   LOADING_STATEMENT,
   usabilityProblems,
 } from '../support/namespace-checks';
@@ -232,7 +233,7 @@ describe('R6 rebuild storm, a leader paused past its lease, a force-released reb
       },
     );
 
-    const successorIndex = successor.proxy!.hold(/CREATE INDEX CONCURRENTLY/);
+    const successorIndex = successor.proxy!.hold(INDEXING_STATEMENT);
     const successorRebuild = successor.post('/rebuild-index', { namespace, force: true });
     await heldBeforeAnswer(successorIndex, successorRebuild, 'the successor rebuild');
 
@@ -262,7 +263,7 @@ describe('R6 rebuild storm, a leader paused past its lease, a force-released reb
     const released = await successor.delete(`/lock/lock:vector:rebuild:${namespace}`);
     expect(describeAnswer(released)).toMatch(/^200 /);
 
-    const successorIndex = successor.proxy!.hold(/CREATE INDEX CONCURRENTLY/);
+    const successorIndex = successor.proxy!.hold(INDEXING_STATEMENT);
     const manual = successor.post('/admin/rebuild-index-manual', { namespace });
     await heldBeforeAnswer(successorIndex, manual, 'the manual rebuild');
 

@@ -1,6 +1,11 @@
 import { randomBytes } from 'node:crypto';
 import { acknowledgedWriteProblems, WriteLedger } from '../support/acknowledged-writes';
-import { describeAnswer, heldBeforeAnswer, LOADING_STATEMENT } from '../support/namespace-checks';
+import {
+  describeAnswer,
+  heldBeforeAnswer,
+  INDEXING_STATEMENT,
+  LOADING_STATEMENT,
+} from '../support/namespace-checks';
 import { Answer, ReplicaSet } from '../support/replica-harness';
 import { UpsertLoad } from '../support/upsert-load';
 
@@ -13,7 +18,7 @@ const NEXT_REBUILD_WITHIN_MS = 6_000;
 const PHASES = [
   { phase: 'preparing', statement: /count\(\*\)::int AS count FROM/ },
   { phase: 'loading', statement: LOADING_STATEMENT },
-  { phase: 'indexing', statement: /CREATE INDEX CONCURRENTLY/ },
+  { phase: 'indexing', statement: INDEXING_STATEMENT },
   { phase: 'switching', statement: /ATTACH PARTITION/ },
 ] as const;
 

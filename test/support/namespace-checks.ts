@@ -13,6 +13,12 @@ import type { Answer, Replica } from './replica-harness';
  */
 export const LOADING_STATEMENT = /WITH page AS/;
 
+/**
+ * The index build of a rebuild's new slot (on a replica whose namespaces already exist, the
+ * first CREATE INDEX it sends is that one).
+ */
+export const INDEXING_STATEMENT = /CREATE INDEX/;
+
 export async function usabilityProblems(
   replica: Replica,
   namespace: string,

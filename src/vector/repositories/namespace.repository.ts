@@ -8,7 +8,7 @@ type Queryable = Pool | ClientBase;
 const SLOT_COLUMNS =
   'id::int AS id, namespace, slot, model, dimension, status, created_at, activated_at';
 const NAMESPACE_COLUMNS =
-  'namespace, active_slot, building_slot, previous_slot, epoch::int AS epoch';
+  'namespace, active_slot, building_slot, building_indexing, previous_slot, epoch::int AS epoch';
 
 /**
  * First key of the session advisory lock a rebuild holds on its slot id while it lives (the
@@ -60,7 +60,8 @@ export class NamespaceRepository {
     retried = false,
   ): Promise<WriteTargets | null> {
     const { rows } = await client.query<WriteTargetRow>(
-      `SELECT n.namespace, n.active_slot, n.building_slot, n.previous_slot, n.epoch::int AS epoch,
+      `SELECT n.namespace, n.active_slot, n.building_slot, n.building_indexing, n.previous_slot,
+              n.epoch::int AS epoch,
               json_build_object('id', a.id, 'namespace', a.namespace, 'slot', a.slot,
                 'model', a.model, 'dimension', a.dimension, 'status', a.status) AS active,
               CASE WHEN b.id IS NOT NULL THEN json_build_object('id', b.id,
@@ -163,8 +164,21 @@ export class NamespaceRepository {
 
   async setBuilding(client: ClientBase, namespace: string, slot: number): Promise<void> {
     await client.query(
-      'UPDATE vector_namespaces SET building_slot = $2, updated_at = now() WHERE namespace = $1',
+      `UPDATE vector_namespaces SET building_slot = $2, building_indexing = false, updated_at = now()
+       WHERE namespace = $1`,
       [namespace, slot],
+    );
+  }
+
+  /**
+   * From now until the switch, upserts write their copy for the building slot to its side
+   * tables (see VectorService.write), so that its index can be built without CONCURRENTLY.
+   * Under the namespace row FOR UPDATE: upserts in flight have finished writing the slot.
+   */
+  async setBuildingIndexing(client: ClientBase, namespace: string): Promise<void> {
+    await client.query(
+      'UPDATE vector_namespaces SET building_indexing = true, updated_at = now() WHERE namespace = $1',
+      [namespace],
     );
   }
 
@@ -187,6 +201,7 @@ export class NamespaceRepository {
       `UPDATE vector_namespaces
        SET previous_slot = active_slot, active_slot = $2, epoch = epoch + 1,
            building_slot = CASE WHEN building_slot = $2 THEN NULL ELSE building_slot END,
+           building_indexing = building_indexing AND building_slot IS DISTINCT FROM $2,
            updated_at = now()
        WHERE namespace = $1`,
       [namespace, slot],
@@ -199,7 +214,8 @@ export class NamespaceRepository {
     await client.query(
       `UPDATE vector_namespaces SET
          previous_slot = CASE WHEN previous_slot = $2 THEN NULL ELSE previous_slot END,
-         building_slot = CASE WHEN building_slot = $2 THEN NULL ELSE building_slot END
+         building_slot = CASE WHEN building_slot = $2 THEN NULL ELSE building_slot END,
+         building_indexing = building_indexing AND building_slot IS DISTINCT FROM $2
        WHERE namespace = $1 AND (previous_slot = $2 OR building_slot = $2)`,
       [slot.namespace, slot.slot],
     );

@@ -1,7 +1,7 @@
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { Inject, Injectable } from '@nestjs/common';
-import { Pool, PoolClient } from 'pg';
+import { ClientBase, Pool, PoolClient } from 'pg';
 import { from as copyFrom } from 'pg-copy-streams';
 import { PG_POOL } from '../../database/database.constants';
 import { withTransaction } from '../../database/transaction';
@@ -83,10 +83,13 @@ export class VectorItemRepository {
     slotId: number,
     rows: ItemRow[],
     epoch: number,
+    into: 'slot' | 'delta' = 'slot',
   ): Promise<number> {
     if (rows.length === 0) return 0;
+    const relation =
+      into === 'slot' ? this.tables.partition(table, slotId) : this.tables.delta(table, slotId);
     const result = await client.query(
-      `INSERT INTO ${this.tables.partition(table, slotId)} AS t
+      `INSERT INTO ${relation} AS t
          (slot_id, obj_ref, item_id, content, content_hash, metadata, embedding, embedding_source,
           model, write_epoch)
        SELECT $1, r.obj_ref, r.item_id, r.content, r.content_hash, r.metadata, r.embedding,
@@ -277,6 +280,26 @@ export class VectorItemRepository {
        ON CONFLICT (slot_id, obj_ref) DO NOTHING`,
     );
     await client.query(`DROP TABLE IF EXISTS ${this.tables.staging(table, slotId)}`);
+    return result.rowCount ?? 0;
+  }
+
+  /**
+   * At the switch, in its transaction (upserts held off): the building slot's side table into
+   * the slot. Its rows were written by upserts during the index build, so they are newer than
+   * what the slot holds and replace it.
+   */
+  async mergeDelta(client: ClientBase, table: string, slotId: number): Promise<number> {
+    const result = await client.query(
+      `INSERT INTO ${this.tables.partition(table, slotId)} (${COPY_COLUMNS}, write_epoch)
+       SELECT ${COPY_COLUMNS}, write_epoch FROM ${this.tables.delta(table, slotId)}
+       ORDER BY obj_ref
+       ON CONFLICT (slot_id, obj_ref) DO UPDATE SET
+         item_id = EXCLUDED.item_id, content = EXCLUDED.content,
+         content_hash = EXCLUDED.content_hash, metadata = EXCLUDED.metadata,
+         embedding = EXCLUDED.embedding, embedding_source = EXCLUDED.embedding_source,
+         model = EXCLUDED.model, write_epoch = EXCLUDED.write_epoch, updated_at = now()`,
+    );
+    await client.query(`DROP TABLE ${this.tables.delta(table, slotId)}`);
     return result.rowCount ?? 0;
   }
 

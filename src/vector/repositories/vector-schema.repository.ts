@@ -126,6 +126,7 @@ export class VectorSchemaRepository {
     }
     await client.query(`DROP TABLE IF EXISTS ${this.tables.partition(table, slotId)}`);
     await client.query(`DROP TABLE IF EXISTS ${this.tables.staging(table, slotId)}`);
+    await client.query(`DROP TABLE IF EXISTS ${this.tables.delta(table, slotId)}`);
   }
 
   async slotTableExists(table: string, slotId: number): Promise<boolean> {
@@ -146,7 +147,9 @@ export class VectorSchemaRepository {
 
   /**
    * Builds the slot's HNSW index unless a valid one exists; an invalid one (a build that was
-   * interrupted) is dropped first. CONCURRENTLY, so upserts into the slot go on meanwhile; on a
+   * interrupted) is dropped first. CONCURRENTLY by default, so upserts into the slot go on
+   * meanwhile; a rebuild builds its new slot's index plainly (faster: one pass, no validation
+   * scan), having sent upserts to the slot's side tables for that time. On a
    * connection of its own outside the pool (a build takes seconds to minutes, and several at
    * once must not starve the requests), ended afterwards with its session settings.
    */
@@ -155,6 +158,7 @@ export class VectorSchemaRepository {
     slotId: number,
     dimension: number,
     settings: IndexSettings,
+    { concurrently = true }: { concurrently?: boolean } = {},
   ): Promise<'exists' | 'created'> {
     const state = await this.indexState(table, slotId);
     if (state.exists && state.valid) return 'exists';
@@ -168,7 +172,8 @@ export class VectorSchemaRepository {
       ]);
       if (!settings.parallel) await client.query('SET max_parallel_maintenance_workers = 0');
       await client.query(
-        `CREATE INDEX CONCURRENTLY IF NOT EXISTS ${index} ON ${this.tables.partition(table, slotId)}
+        `CREATE INDEX ${concurrently ? 'CONCURRENTLY' : ''} IF NOT EXISTS ${index}
+         ON ${this.tables.partition(table, slotId)}
          USING hnsw ((embedding::vector(${dimensionOf(dimension)})) vector_cosine_ops)
          WITH (m = ${Math.trunc(settings.m)}, ef_construction = ${Math.trunc(settings.efConstruction)})`,
       );
@@ -191,6 +196,22 @@ export class VectorSchemaRepository {
       `CREATE INDEX IF NOT EXISTS ${this.tables.index(table, slotId)} ON ${this.tables.partition(table, slotId)}
        USING hnsw ((embedding::vector(${dimensionOf(dimension)})) vector_cosine_ops)
        WITH (m = ${Math.trunc(settings.m)}, ef_construction = ${Math.trunc(settings.efConstruction)})`,
+    );
+  }
+
+  /** The building slot's side table for upserts during its index build (see VectorTables.delta). */
+  async createDelta(
+    client: ClientBase,
+    table: string,
+    slotId: number,
+    dimension: number,
+  ): Promise<void> {
+    await client.query(
+      `CREATE TABLE IF NOT EXISTS ${this.tables.delta(table, slotId)} (${ITEM_COLUMNS},
+         PRIMARY KEY (slot_id, obj_ref),
+         CHECK (slot_id = ${slotId}),
+         CHECK (vector_dims(embedding) = ${dimensionOf(dimension)})
+       )`,
     );
   }
 

@@ -149,21 +149,22 @@ export class VectorSchemaRepository {
    * Builds the slot's HNSW index unless a valid one exists; an invalid one (a build that was
    * interrupted) is dropped first. CONCURRENTLY by default, so upserts into the slot go on
    * meanwhile; a rebuild builds its new slot's index plainly (faster: one pass, no validation
-   * scan), having sent upserts to the slot's side tables for that time. On a
-   * connection of its own outside the pool (a build takes seconds to minutes, and several at
-   * once must not starve the requests), ended afterwards with its session settings.
+   * scan), having sent upserts to the slot's side tables for that time. On the caller's
+   * connection (`on`), or one of its own outside the pool (a build takes seconds to minutes,
+   * and several at once must not starve the requests), ended afterwards with its settings.
    */
   async ensureIndex(
     table: string,
     slotId: number,
     dimension: number,
     settings: IndexSettings,
-    { concurrently = true }: { concurrently?: boolean } = {},
+    { concurrently = true, on }: { concurrently?: boolean; on?: ClientBase } = {},
   ): Promise<'exists' | 'created'> {
     const state = await this.indexState(table, slotId);
     if (state.exists && state.valid) return 'exists';
     const index = this.tables.index(table, slotId);
-    const client = await this.connections.open('index-build');
+    const own = on ? undefined : await this.connections.open('index-build');
+    const client: ClientBase = on ?? own!;
     try {
       if (state.exists) await client.query(`DROP INDEX CONCURRENTLY IF EXISTS ${index}`);
       await client.query('SELECT set_config($1, $2, false)', [
@@ -180,7 +181,12 @@ export class VectorSchemaRepository {
       await client.query(`ANALYZE ${this.tables.partition(table, slotId)}`);
       return 'created';
     } finally {
-      await client.end().catch(() => undefined);
+      if (own) await own.end().catch(() => undefined);
+      else {
+        await client
+          .query('RESET maintenance_work_mem; RESET max_parallel_maintenance_workers')
+          .catch(() => undefined);
+      }
     }
   }
 

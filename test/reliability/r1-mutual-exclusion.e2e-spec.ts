@@ -6,6 +6,7 @@ import {
   WriteLedger,
 } from '../support/acknowledged-writes';
 import { LockWaitWatcher } from '../support/lock-wait-watcher';
+import { seedNamespace } from '../support/namespace-checks';
 import { ReplicaSet } from '../support/replica-harness';
 
 /**
@@ -33,12 +34,7 @@ describe('R1 mutual exclusion over HTTP (4 replicas, one table and namespace)', 
 
   it('R1 keeps the last acknowledged write of every obj_ref and never interleaves two batches', async () => {
     const ledger = new WriteLedger();
-    const seed = await set.replica(0).post('/batch-upsert', {
-      items: [{ obj_ref: 'seed', content: 'seed' }],
-      table_name: table,
-      namespace,
-    });
-    expect(seed.status).toBe(200);
+    await seedNamespace(set.replica(0), namespace, table);
 
     const watcher = new LockWaitWatcher(set.db, set.databaseName, 'lock_fences|INSERT INTO "vec_');
     const failures: string[] = [];

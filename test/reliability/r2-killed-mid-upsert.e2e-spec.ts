@@ -5,6 +5,7 @@ import {
   rowsPerBatchMarker,
   WriteLedger,
 } from '../support/acknowledged-writes';
+import { seedNamespace } from '../support/namespace-checks';
 import { Answer, ReplicaSet } from '../support/replica-harness';
 import { answerReport, UpsertLoad } from '../support/upsert-load';
 
@@ -25,12 +26,7 @@ describe('R2 a replica killed mid-upsert', () => {
   beforeAll(async () => {
     // A short lease, so the dead holder's lock lapses quickly for the survivors.
     set = await ReplicaSet.start({ replicas: 3, env: { DEFAULT_LOCK_TTL_MS: '2000' } });
-    const seeded = await set.replica(1).post('/batch-upsert', {
-      items: [{ obj_ref: 'seed', content: 'seed' }],
-      table_name: table,
-      namespace,
-    });
-    expect(seeded.status).toBe(200);
+    await seedNamespace(set.replica(1), namespace, table);
   }, 60_000);
 
   afterAll(async () => {

@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { activeSlot, slotRows } from '../support/acknowledged-writes';
+import { seedNamespace } from '../support/namespace-checks';
 import { ReplicaSet } from '../support/replica-harness';
 import { waitFor } from '../support/wait';
 
@@ -18,12 +19,7 @@ describe('R3 a holder paused past its lease is fenced out', () => {
 
   beforeAll(async () => {
     set = await ReplicaSet.start({ replicas: 2, env: { DEFAULT_LOCK_TTL_MS: '1500' } });
-    const seeded = await set.replica(1).post('/batch-upsert', {
-      items: [{ obj_ref: 'seed', content: 'seed' }],
-      table_name: table,
-      namespace,
-    });
-    expect(seeded.status).toBe(200);
+    await seedNamespace(set.replica(1), namespace, table);
   }, 60_000);
 
   afterAll(async () => {

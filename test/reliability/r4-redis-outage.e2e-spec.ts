@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { acknowledgedWriteProblems, WriteLedger } from '../support/acknowledged-writes';
 import { HealthMonitor } from '../support/health-monitor';
+import { seedNamespace } from '../support/namespace-checks';
 import { ReplicaSet } from '../support/replica-harness';
 import { answerReport, LoadAnswer, UpsertLoad } from '../support/upsert-load';
 import { waitFor } from '../support/wait';
@@ -28,12 +29,7 @@ describe('R4 Redis stopped and paused under load', () => {
       proxied: false,
       env: { HEALTH_CHECK_TIMEOUT_MS: '500', REDIS_CONNECT_TIMEOUT_MS: '1000' },
     });
-    const seeded = await set.replica(0).post('/batch-upsert', {
-      items: [{ obj_ref: 'seed', content: 'seed' }],
-      table_name: table,
-      namespace,
-    });
-    expect(seeded.status).toBe(200);
+    await seedNamespace(set.replica(0), namespace, table);
   }, 60_000);
 
   afterAll(async () => {

@@ -5,6 +5,7 @@ import {
   rowsPerBatchMarker,
   WriteLedger,
 } from '../support/acknowledged-writes';
+import { seedNamespace } from '../support/namespace-checks';
 import { ReplicaSet } from '../support/replica-harness';
 import { answerReport, LoadAnswer, MarkedBatches, UpsertLoad } from '../support/upsert-load';
 import { waitFor } from '../support/wait';
@@ -37,12 +38,7 @@ describe('R5 Postgres backends terminated under load', () => {
       proxied: false,
       env: { DEFAULT_LOCK_TTL_MS: '5000', DEFAULT_WAIT_TIMEOUT_MS: '8000' },
     });
-    const seeded = await set.replica(0).post('/batch-upsert', {
-      items: [{ obj_ref: 'seed', content: 'seed' }],
-      table_name: table,
-      namespace,
-    });
-    expect(seeded.status).toBe(200);
+    await seedNamespace(set.replica(0), namespace, table);
     pids = set.replicas.map((replica) => replica.pid);
 
     load = new UpsertLoad({

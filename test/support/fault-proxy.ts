@@ -142,14 +142,14 @@ class Rule {
   }
 }
 
-/** A hold rule: `matched` resolves once a connection is held; `release()` lets it go on. */
-export class Hold {
+/** An armed rule as a test sees it: waits for its matches, and can be disarmed. */
+abstract class ArmedRule {
   constructor(
-    private readonly rule: Rule,
+    protected readonly rule: Rule,
     private readonly disarm: () => void,
   ) {}
 
-  /** Resolves once `count` connections (default 1) have been held, or rejects after `timeoutMs`. */
+  /** Resolves once `count` connections (default 1) have matched, or rejects after `timeoutMs`. */
   matched(timeoutMs = 10_000, count = 1): Promise<void> {
     return withDeadline(
       this.rule.whenMatched(count),
@@ -158,39 +158,33 @@ export class Hold {
     );
   }
 
+  /** Lets anything held go on, in order, and stops matching. */
+  protected stop(): void {
+    this.rule.release();
+    this.disarm();
+  }
+}
+
+/** A hold rule: `matched` resolves once a connection is held; `release()` lets it go on. */
+export class Hold extends ArmedRule {
   get heldConnections(): number {
     return this.rule.held.size;
   }
 
   /** Forwards what was held, in order, and stops holding. */
   release(): void {
-    this.rule.release();
-    this.disarm();
+    this.stop();
   }
 }
 
 /** A cut rule: `matched` resolves once a connection was cut after forwarding a match. */
-export class Cut {
-  constructor(
-    private readonly rule: Rule,
-    private readonly disarm: () => void,
-  ) {}
-
-  matched(timeoutMs = 10_000, count = 1): Promise<void> {
-    return withDeadline(
-      this.rule.whenMatched(count),
-      timeoutMs,
-      `no connection sent ${String(this.rule.pattern)} within ${timeoutMs} ms`,
-    );
-  }
-
+export class Cut extends ArmedRule {
   get count(): number {
     return this.rule.matched;
   }
 
   cancel(): void {
-    this.rule.release();
-    this.disarm();
+    this.stop();
   }
 }
 

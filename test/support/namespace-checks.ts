@@ -2,6 +2,16 @@ import { Pool } from 'pg';
 import { activeSlot, WriteLedger } from './acknowledged-writes';
 import type { Answer, Replica } from './replica-harness';
 
+/** Creates `namespace` with one item through `replica` (its first upsert makes slot 1). */
+export async function seedNamespace(replica: Replica, namespace: string, table: string) {
+  const seeded = await replica.post('/batch-upsert', {
+    items: [{ obj_ref: 'seed', content: 'seed' }],
+    table_name: table,
+    namespace,
+  });
+  expect(seeded.status).toBe(200);
+}
+
 /**
  * Whether a namespace is still usable through `replica`: a search answers 200 and an upsert
  * answers 200 (recorded in the ledger). One line per failed check.

@@ -258,10 +258,6 @@ export class RebuildService {
       const total = await this.countItems(source);
       await this.namespaces.updateRebuild(progressId, { phase: 'loading', total });
       for (const table of this.tables.names) {
-        await this.assertCurrent(lock);
-        await this.vectors.transaction((client) =>
-          this.schema.createStaging(client, table, target.id),
-        );
         // A table registered after this namespace was created has nothing to carry over.
         const hasSource = await this.schema.slotTableExists(table, source.id);
         // Rows whose embedding stays as it is never leave Postgres...
@@ -281,23 +277,29 @@ export class RebuildService {
           after = page.last;
           await this.namespaces.updateRebuild(progressId, { processed, ...counts });
         }
-        // ...the others are embedded again and bulk-loaded through the staging table.
+        // ...the others are embedded again and bulk-loaded through the staging table, made
+        // only when there are some (a rebuild with the same model has none).
+        let staged = false;
         for (let after: string | null = null; hasSource;) {
           await this.assertCurrent(lock);
           const page = await this.items.page(table, source.id, after, PAGE_SIZE, target);
           if (page.length === 0) break;
           const rows = await this.reembed(page, target, counts);
-          await this.vectors.transaction((client) =>
-            this.items.copyIntoStaging(client, table, target.id, rows),
-          );
+          await this.vectors.transaction(async (client) => {
+            if (!staged) await this.schema.createStaging(client, table, target.id);
+            await this.items.copyIntoStaging(client, table, target.id, rows);
+          });
+          staged = true;
           processed += page.length;
           after = page[page.length - 1].obj_ref;
           await this.namespaces.updateRebuild(progressId, { processed, ...counts });
         }
-        await this.assertCurrent(lock);
-        await this.vectors.transaction((client) =>
-          this.items.mergeStaging(client, table, target.id),
-        );
+        if (staged) {
+          await this.assertCurrent(lock);
+          await this.vectors.transaction((client) =>
+            this.items.mergeStaging(client, table, target.id),
+          );
+        }
       }
       await this.namespaces.updateRebuild(progressId, { phase: 'indexing' });
       // Upserts now write the new slot's side tables, so that its index can be built plainly

@@ -222,15 +222,11 @@ export class NamespaceRepository {
   }
 
   /**
-   * Session-level: held by the rebuild's own connection until it unlocks or the connection
-   * ends (see REBUILD_SESSION_LOCK). A slot id is never reused, so nobody else ever asks.
+   * Session-level: held by the rebuild's own connection until that connection ends (see
+   * REBUILD_SESSION_LOCK). A slot id is never reused, so nobody else ever asks.
    */
   async holdRebuildSession(client: ClientBase, slotId: number): Promise<void> {
     await client.query('SELECT pg_advisory_lock($1, $2)', [REBUILD_SESSION_LOCK, slotId]);
-  }
-
-  async releaseRebuildSession(client: ClientBase, slotId: number): Promise<void> {
-    await client.query('SELECT pg_advisory_unlock($1, $2)', [REBUILD_SESSION_LOCK, slotId]);
   }
 
   async startRebuild(client: ClientBase, slot: SlotRow, fence: number): Promise<number> {

@@ -140,6 +140,12 @@ export class RebuildService {
             const list = (await this.dropSlotIfFree(client, slot)) ? dropped : busy;
             list.push(slot.slot);
           }
+          const previous = row.previous_slot;
+          if (previous === null || !(keep.has(previous) || busy.includes(previous))) {
+            // No rollback is possible any more: its record of deletions is not needed.
+            const active = await this.namespaces.slot(namespace, row.active_slot, client);
+            if (active) await this.items.forgetDeletions(client, [active.id]);
+          }
           return {
             success: true as const,
             namespace,
@@ -153,6 +159,46 @@ export class RebuildService {
         ttlMs: this.settings.lockTtlMs,
         waitTimeoutMs: this.settings.lockWaitMs,
         operation: 'cleanup',
+      },
+    );
+  }
+
+  /**
+   * Drops a namespace with every slot (tables, catalog rows, rebuild history), under its rebuild
+   * lock and its row FOR UPDATE: no rebuild runs, upserts in flight finish first, and ones that
+   * arrive after it create the namespace anew. All or nothing: if a slot's tables are held (by
+   * a rebuild that lost its lock and is paused mid-load), nothing is dropped and the answer is
+   * 409, to retry.
+   */
+  async dropNamespace(namespace: string): Promise<DropNamespaceResult> {
+    await this.requireNamespace(namespace);
+    await this.takeOverAbandoned(namespace);
+    return this.locks.withLock(
+      rebuildLockKey(namespace),
+      (lock) =>
+        this.vectors.transaction(async (client) => {
+          const row = await this.namespaces.lockForSwitch(client, namespace);
+          if (!row) throw unknownNamespace(namespace);
+          await this.fencing.check(client, lock);
+          const slots = await this.namespaces.slots(namespace, client);
+          for (const slot of slots) {
+            if (!(await this.dropSlotIfFree(client, slot))) {
+              throw new ConflictException(
+                `Slot ${slot.slot} of ${namespace} is in use; nothing was dropped, try again.`,
+              );
+            }
+          }
+          await this.namespaces.deleteNamespace(client, namespace);
+          return {
+            success: true as const,
+            namespace,
+            dropped_slots: slots.map((slot) => slot.slot),
+          };
+        }),
+      {
+        ttlMs: this.settings.lockTtlMs,
+        waitTimeoutMs: this.settings.lockWaitMs,
+        operation: 'drop-namespace',
       },
     );
   }
@@ -190,6 +236,7 @@ export class RebuildService {
             );
           }
           let carried = 0;
+          let removed = 0;
           for (const table of this.tables.names) {
             carried += await this.items.copyWrittenSince(
               client,
@@ -198,7 +245,15 @@ export class RebuildService {
               previous.id,
               row.epoch,
             );
+            // Items deleted since the switch must not come back from the previous slot.
+            removed += await this.items.applyDeletions(client, table, {
+              recordedFor: active.id,
+              intoSlot: previous.id,
+              truthSlot: active.id,
+              sinceEpoch: row.epoch,
+            });
           }
+          await this.items.forgetDeletions(client, [active.id]);
           await this.namespaces.activate(client, namespace, previous.slot);
           return {
             success: true as const,
@@ -206,6 +261,7 @@ export class RebuildService {
             active_slot: previous.slot,
             previous_slot: active.slot,
             carried_over: carried,
+            deletions_applied: removed,
           };
         }),
       {
@@ -255,11 +311,13 @@ export class RebuildService {
       for (const leftover of leftovers) await this.dropLeftover(leftover, lock);
       const counts = { embedded: 0, reused: 0 };
       let processed = 0;
+      const sourceTables = new Set<string>();
       const total = await this.countItems(source);
       await this.namespaces.updateRebuild(progressId, { phase: 'loading', total });
       for (const table of this.tables.names) {
         // A table registered after this namespace was created has nothing to carry over.
         const hasSource = await this.schema.slotTableExists(table, source.id);
+        if (hasSource) sourceTables.add(table);
         // Rows whose embedding stays as it is never leave Postgres...
         for (let after: string | null = null; hasSource;) {
           await this.assertCurrent(lock);
@@ -326,8 +384,18 @@ export class RebuildService {
         await this.lockOwnNamespace(client, namespace, target, lock);
         for (const table of this.tables.names) {
           await this.items.mergeDelta(client, table, target.id);
+          // Rows the copy read before they were deleted go again (see VectorService.remove).
+          if (sourceTables.has(table)) {
+            await this.items.applyDeletions(client, table, {
+              recordedFor: target.id,
+              intoSlot: target.id,
+              truthSlot: source.id,
+            });
+          }
           await this.schema.attach(client, table, target.id);
         }
+        // Applied; and the old slot's, kept for a rollback to the one before it, are moot now.
+        await this.items.forgetDeletions(client, [target.id, source.id]);
         await this.namespaces.activate(client, namespace, target.slot);
       });
       const updated: Record<string, number> = {};
@@ -481,6 +549,7 @@ export class RebuildService {
 
   private async dropSlot(client: PoolClient, slot: SlotRow): Promise<void> {
     for (const table of this.tables.names) await this.schema.dropSlotTable(client, table, slot.id);
+    await this.items.forgetDeletions(client, [slot.id]);
     await this.namespaces.deleteSlot(client, slot);
   }
 
@@ -577,6 +646,12 @@ interface BegunRebuild {
   progressId: number;
   /** Slots earlier rebuilds left building, retired in the same transaction; to be dropped. */
   leftovers: SlotRow[];
+}
+
+export interface DropNamespaceResult {
+  success: true;
+  namespace: string;
+  dropped_slots: number[];
 }
 
 export interface CleanupResult {

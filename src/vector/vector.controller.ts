@@ -2,6 +2,7 @@ import {
   Body,
   ConflictException,
   Controller,
+  Delete,
   Get,
   HttpCode,
   Param,
@@ -18,6 +19,7 @@ import {
   ApiNotFound,
 } from '../common/api-docs';
 import { IdempotentRoute } from '../idempotency';
+import { BatchDeleteDto, BatchDeleteResponseDto, DropNamespaceResponseDto } from './dto/delete.dto';
 import {
   BatchUpsertDto,
   CleanupDto,
@@ -63,6 +65,36 @@ export class VectorController {
   @IdempotentRoute()
   batchUpsert(@Body() dto: BatchUpsertDto) {
     return this.vectors.batchUpsert(dto);
+  }
+
+  @Post('batch-delete')
+  @ApiOperation({
+    summary:
+      'Delete items of a table of a namespace by obj_ref (lock: lock:vector:upsert:{table}:{ns})',
+  })
+  @ApiOkResponse({ type: BatchDeleteResponseDto })
+  @ApiNotFound()
+  @ApiConflict('The upsert lock was not acquired in time, or the write was fenced out')
+  @ApiIdempotencyErrors()
+  @RequireScope('write')
+  @HttpCode(200)
+  @IdempotentRoute()
+  batchDelete(@Body() dto: BatchDeleteDto) {
+    return this.vectors.batchDelete(dto);
+  }
+
+  @Delete('namespaces/:namespace')
+  @ApiOperation({
+    summary: 'Drop a namespace with all its slots (admin; lock: lock:vector:rebuild:{ns})',
+  })
+  @ApiOkResponse({ type: DropNamespaceResponseDto })
+  @ApiNotFound()
+  @ApiConflict('The rebuild lock is held, or a slot is in use')
+  @ApiIdempotencyErrors()
+  @RequireScope('admin')
+  @IdempotentRoute()
+  dropNamespace(@Param() params: NamespaceParamDto) {
+    return this.rebuilds.dropNamespace(params.namespace);
   }
 
   /**

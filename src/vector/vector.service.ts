@@ -9,6 +9,7 @@ import { withTransaction } from '../database/transaction';
 import { EMBEDDING_PROVIDER } from '../embedding/embedding.module';
 import { EmbeddingProvider } from '../embedding/embedding.types';
 import { LockService, PostgresFencing, WithLock } from '../lock';
+import { BatchDeleteDto } from './dto/delete.dto';
 import { BatchUpsertDto, SearchDto, StatisticsQueryDto } from './dto/vector.dto';
 import { NamespaceRepository } from './repositories/namespace.repository';
 import { VectorItemRepository } from './repositories/vector-item.repository';
@@ -41,6 +42,22 @@ interface PreparedBatch {
   rows: ItemRow[];
   embedded: number;
   reused: number;
+}
+
+export interface DeleteResult {
+  success: true;
+  namespace: string;
+  /** Items removed from the active slot. */
+  deleted: number;
+  /** obj_refs the active slot did not hold. */
+  not_found: string[];
+}
+
+/** A validated batch of deletions, waiting for the lock. */
+interface PreparedDelete {
+  table: string;
+  namespace: string;
+  objRefs: string[];
 }
 
 /**
@@ -117,6 +134,72 @@ export class VectorService {
         );
       }
       return namespace.active_slot;
+    });
+  }
+
+  /**
+   * Deletes items by obj_ref from the active slot, under the same lock as upserts (writes to a
+   * key are serialised, so "the last acknowledged write wins" holds for deletes too). An unknown
+   * namespace is refused before the lock; a delete never creates one.
+   */
+  async batchDelete(dto: BatchDeleteDto): Promise<DeleteResult> {
+    this.assertTable(dto.table_name, 'table_name');
+    const problems: FieldError[] = [];
+    const seen = new Set<string>();
+    dto.obj_refs.forEach((objRef, i) => {
+      if (seen.has(objRef)) {
+        problems.push({ field: `obj_refs[${i}]`, message: 'obj_ref appears twice in this batch' });
+      }
+      seen.add(objRef);
+    });
+    if (problems.length > 0) throw invalidRequest(problems);
+    if (!(await this.namespaces.find(dto.namespace))) throw unknownNamespace(dto.namespace);
+    return this.remove({ table: dto.table_name, namespace: dto.namespace, objRefs: dto.obj_refs });
+  }
+
+  /**
+   * One fenced transaction under the (table, namespace) lock, like write(). A live rebuild's
+   * slot loses the keys too (or its side table, while its index is built), and the deletion is
+   * recorded for it: its copy may have read the rows before they were deleted and bring them
+   * back, and its switch removes them again (VectorItemRepository.applyDeletions). While a
+   * previous slot is kept for rollback, deletions are recorded for the active slot as well, so
+   * a rollback does not resurrect them from the previous slot.
+   */
+  @WithLock({
+    key: (batch: PreparedDelete) => upsertLockKey(batch.table, batch.namespace),
+    operation: 'batch-delete',
+  })
+  async remove(batch: PreparedDelete): Promise<DeleteResult> {
+    const lock = this.locks.current(upsertLockKey(batch.table, batch.namespace))!;
+    return this.transaction(async (client) => {
+      const targets = await this.namespaces.lockForWrite(client, batch.namespace);
+      if (!targets) throw unknownNamespace(batch.namespace);
+      await this.fencing.check(client, lock);
+      const { namespace, active, building } = targets;
+      const deleted = await this.items.deleteRefs(client, batch.table, active.id, batch.objRefs);
+      if (deleted.length > 0 && namespace.previous_slot !== null) {
+        await this.items.recordDeletions(client, batch.table, active.id, deleted, namespace.epoch);
+      }
+      if (building) {
+        const from = namespace.building_indexing ? 'delta' : 'slot';
+        await this.items.deleteRefs(client, batch.table, building.id, batch.objRefs, from);
+        if (deleted.length > 0) {
+          await this.items.recordDeletions(
+            client,
+            batch.table,
+            building.id,
+            deleted,
+            namespace.epoch,
+          );
+        }
+      }
+      const gone = new Set(deleted);
+      return {
+        success: true as const,
+        namespace: batch.namespace,
+        deleted: deleted.length,
+        not_found: batch.objRefs.filter((objRef) => !gone.has(objRef)),
+      };
     });
   }
 

@@ -69,6 +69,8 @@ export class RollbackResponseDto {
   previous_slot!: number;
   /** Items upserted since the switch, copied into the re-activated slot. */
   carried_over!: number;
+  /** Items deleted since the switch, removed from the re-activated slot. */
+  deletions_applied!: number;
 }
 
 export class SearchResultDto {

@@ -221,6 +221,12 @@ export class NamespaceRepository {
     );
   }
 
+  /** The namespace row (its slots cascade) and its rebuild history. */
+  async deleteNamespace(client: ClientBase, namespace: string): Promise<void> {
+    await client.query('DELETE FROM vector_rebuilds WHERE namespace = $1', [namespace]);
+    await client.query('DELETE FROM vector_namespaces WHERE namespace = $1', [namespace]);
+  }
+
   /**
    * Session-level: held by the rebuild's own connection until that connection ends (see
    * REBUILD_SESSION_LOCK). A slot id is never reused, so nobody else ever asks.

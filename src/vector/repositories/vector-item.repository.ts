@@ -44,6 +44,16 @@ const REUSABLE_FOR = (model: string, dimension: string) =>
   `COALESCE((embedding_source = 'client' AND vector_dims(embedding) = ${dimension}::int)
      OR (embedding_source = 'provider' AND model = ${model}::text), false)`;
 
+export interface ApplyDeletions {
+  /** The slot id the deletions were recorded for. */
+  recordedFor: number;
+  /** The slot id to remove them from. */
+  intoSlot: number;
+  /** The slot id that took every write meanwhile: keys it holds were upserted again. */
+  truthSlot: number;
+  sinceEpoch?: number;
+}
+
 export interface TableSlotStats {
   rows: number;
   bytes: number;
@@ -119,6 +129,72 @@ export class VectorItemRepository {
       ],
     );
     return result.rowCount ?? 0;
+  }
+
+  /** Deletes these obj_refs from a slot (or its side table); returns the ones that were there. */
+  async deleteRefs(
+    client: PoolClient,
+    table: string,
+    slotId: number,
+    objRefs: string[],
+    from: 'slot' | 'delta' = 'slot',
+  ): Promise<string[]> {
+    const relation =
+      from === 'slot' ? this.tables.partition(table, slotId) : this.tables.delta(table, slotId);
+    const { rows } = await client.query<{ obj_ref: string }>(
+      `DELETE FROM ${relation} WHERE slot_id = $1 AND obj_ref = ANY($2::text[]) RETURNING obj_ref`,
+      [slotId, objRefs],
+    );
+    return rows.map((row) => row.obj_ref);
+  }
+
+  /**
+   * Records deletions the slot must still learn of (see vector_deletions): at a rebuild's switch
+   * or at a rollback. A key deleted again keeps one row, with the later epoch.
+   */
+  async recordDeletions(
+    client: PoolClient,
+    table: string,
+    slotId: number,
+    objRefs: string[],
+    epoch: number,
+  ): Promise<void> {
+    await client.query(
+      `INSERT INTO vector_deletions (slot_id, table_name, obj_ref, epoch)
+       SELECT $1, $2, r, $4 FROM unnest($3::text[]) AS r ORDER BY r
+       ON CONFLICT (slot_id, table_name, obj_ref)
+       DO UPDATE SET epoch = EXCLUDED.epoch, deleted_at = now()`,
+      [slotId, table, objRefs, epoch],
+    );
+  }
+
+  /**
+   * Removes from `intoSlot` the keys recorded deleted for `recordedFor` (from `sinceEpoch` on)
+   * that `truthSlot` does not hold: the slot that took every write meanwhile. A key deleted and
+   * then upserted again is in `truthSlot`, so it stays. At a rebuild's switch, recordedFor =
+   * intoSlot = the new slot and truthSlot the old active one (rows the copy read before their
+   * delete go); at a rollback, recordedFor = truthSlot = the slot rolled back from.
+   */
+  async applyDeletions(
+    client: ClientBase,
+    table: string,
+    { recordedFor, intoSlot, truthSlot, sinceEpoch = 0 }: ApplyDeletions,
+  ): Promise<number> {
+    const result = await client.query(
+      `DELETE FROM ${this.tables.partition(table, intoSlot)} t
+       USING vector_deletions d
+       WHERE d.slot_id = $1 AND d.table_name = $2 AND d.epoch >= $3 AND t.obj_ref = d.obj_ref
+         AND NOT EXISTS (
+           SELECT 1 FROM ${this.tables.partition(table, truthSlot)} s
+           WHERE s.slot_id = $4 AND s.obj_ref = t.obj_ref)`,
+      [recordedFor, table, sinceEpoch, truthSlot],
+    );
+    return result.rowCount ?? 0;
+  }
+
+  /** Forgets the deletions recorded for these slots (switched to, rolled back from, dropped). */
+  async forgetDeletions(client: ClientBase, slotIds: number[]): Promise<void> {
+    await client.query('DELETE FROM vector_deletions WHERE slot_id = ANY($1::bigint[])', [slotIds]);
   }
 
   /** What is stored for these obj_refs, to reuse embeddings of unchanged content. */

@@ -29,6 +29,9 @@ export interface IdempotencyStore {
   /** Deletes `owner`'s in-progress record (the worker failed), so the next caller runs again. */
   abandon(key: string, owner: string): Promise<boolean>;
 
+  /** Deletes a completed record (its result no longer holds); an in-progress one stays. */
+  forgetResult(key: string): Promise<boolean>;
+
   get(key: string): Promise<IdempotencyRecord | null>;
 
   /**

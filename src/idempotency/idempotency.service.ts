@@ -145,6 +145,14 @@ export class IdempotencyService implements OnModuleDestroy {
     return this.store.abandon(key, owner);
   }
 
+  /**
+   * Deletes a completed result that no longer holds (what it described was dropped), so the
+   * next call runs instead of replaying it. A run in progress is left alone.
+   */
+  forgetResult(key: string): Promise<boolean> {
+    return this.store.forgetResult(key);
+  }
+
   async onModuleDestroy(): Promise<void> {
     (await this.unsubscribe)?.();
     await this.store.close();

@@ -46,6 +46,13 @@ export class MemoryIdempotencyStore implements IdempotencyStore {
     return Promise.resolve(true);
   }
 
+  forgetResult(key: string): Promise<boolean> {
+    const current = this.live(key);
+    if (!current || current.record.status === 'in_progress') return Promise.resolve(false);
+    this.entries.delete(key);
+    return Promise.resolve(true);
+  }
+
   get(key: string): Promise<IdempotencyRecord | null> {
     const current = this.live(key);
     return Promise.resolve(current ? clone(current.record) : null);

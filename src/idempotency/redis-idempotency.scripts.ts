@@ -46,6 +46,18 @@ return 1
 `;
 
 /**
+ * Forget a completed result: what it answered about no longer holds. KEYS[1] record.
+ * Returns 1 if a completed record was removed; an in-progress one is left alone (0).
+ */
+export const FORGET_RESULT = `
+local current = redis.call('GET', KEYS[1])
+if not current then return 0 end
+if cjson.decode(current).status == 'in_progress' then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+`;
+
+/**
  * Give up leadership after a failed worker. KEYS[1] record. ARGV[1] owner, ARGV[2] channel.
  * Returns 1 if the record was removed, 0 if it was not this owner's in-progress record.
  */

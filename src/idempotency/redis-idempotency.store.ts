@@ -5,13 +5,14 @@ import type { Cluster, Redis } from 'ioredis';
 import { BeginResult, IdempotencyStore, parseRecord } from './idempotency-store';
 import { IdempotencyBackendError } from './idempotency.errors';
 import { IdempotencyRecord } from './idempotency.types';
-import { ABANDON, BEGIN, COMPLETE, HEARTBEAT } from './redis-idempotency.scripts';
+import { ABANDON, BEGIN, COMPLETE, FORGET_RESULT, HEARTBEAT } from './redis-idempotency.scripts';
 
 const SCRIPTS = {
   begin: new LuaScript(BEGIN),
   heartbeat: new LuaScript(HEARTBEAT),
   complete: new LuaScript(COMPLETE),
   abandon: new LuaScript(ABANDON),
+  forgetResult: new LuaScript(FORGET_RESULT),
 };
 
 /** Idempotency records in Redis (standalone, Sentinel or Cluster); completions are published. */
@@ -66,6 +67,10 @@ export class RedisIdempotencyStore implements IdempotencyStore {
 
   async abandon(key: string, owner: string): Promise<boolean> {
     return (await this.run(SCRIPTS.abandon, key, [owner, this.channel])) === 1;
+  }
+
+  async forgetResult(key: string): Promise<boolean> {
+    return (await this.run(SCRIPTS.forgetResult, key, [])) === 1;
   }
 
   async get(key: string): Promise<IdempotencyRecord | null> {

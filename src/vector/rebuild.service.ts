@@ -173,7 +173,7 @@ export class RebuildService {
   async dropNamespace(namespace: string): Promise<DropNamespaceResult> {
     await this.requireNamespace(namespace);
     await this.takeOverAbandoned(namespace);
-    return this.locks.withLock(
+    const result = await this.locks.withLock(
       rebuildLockKey(namespace),
       (lock) =>
         this.vectors.transaction(async (client) => {
@@ -201,6 +201,10 @@ export class RebuildService {
         operation: 'drop-namespace',
       },
     );
+    // The last rebuild's cached result describes slots that are gone: a rebuild of a namespace
+    // made anew under the same name must run, not replay it.
+    await this.idempotency.forgetResult(rebuildIdempotencyKey(namespace));
+    return result;
   }
 
   /**

@@ -52,6 +52,8 @@ const ROUTES: { method: 'get' | 'post' | 'delete'; path: string; needs: Level; b
     body: { namespace: 'auth-none' },
   },
   { method: 'delete', path: '/api/v1/vector/lock/lock:auth:x', needs: 'admin' },
+  { method: 'post', path: '/api/v1/vector/batch-delete', needs: 'write', body: {} },
+  { method: 'delete', path: '/api/v1/vector/namespaces/auth-none', needs: 'admin' },
 ];
 
 describe('Auth: API keys and scopes', () => {

@@ -185,6 +185,18 @@ describe.each<StoreKind>(['redis', 'memory'])('IdempotencyService contract (%s s
     expect(await fx.store.get(key)).toMatchObject({ status: 'in_progress', owner: 'new' });
   });
 
+  it('forgets a completed result on request, but never a run in progress', async () => {
+    const key = fx.key();
+    const running = { status: 'in_progress' as const, scope: 'test', owner: 'a', started_at: 0 };
+    expect(await fx.store.begin(key, running, 10_000, false)).toEqual({ leader: true });
+    expect(await fx.store.forgetResult(key)).toBe(false);
+    const done = { ...running, status: 'done' as const, completed_at: 0, result: '"a"' };
+    expect(await fx.store.complete(key, 'a', done, 10_000)).toBe(true);
+    expect(await fx.store.forgetResult(key)).toBe(true);
+    expect(await fx.store.get(key)).toBeNull();
+    expect(await fx.store.forgetResult(key)).toBe(false);
+  });
+
   it('force re-runs a cached result, but concurrent forced calls still run one worker', async () => {
     const key = fx.key();
     let runs = 0;

@@ -398,6 +398,12 @@ describe('Deleting items and namespaces', () => {
     // A later upsert starts the namespace afresh.
     await upsert(writer, namespace, [{ obj_ref: 'fresh', content: 'fresh start' }]).expect(200);
     expect([...(await activeItems(namespace)).keys()]).toEqual(['fresh']);
+    // A rebuild of the new namespace runs: the dropped one's result is not replayed.
+    const rebuild = await writer.http
+      .post('/api/v1/vector/rebuild-index')
+      .send({ namespace })
+      .expect(200);
+    expect(rebuild.body).toMatchObject({ total_processed: 1, previous_slot: 1 });
   });
 
   it('dropping a namespace waits for its rebuild lock and leaves a running rebuild whole', async () => {

@@ -8,8 +8,14 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "services (Postgres 15 + pgvector, Redis 7)"
 bash scripts/services.sh
-step "dependencies"
-npm ci --no-audit --no-fund
+step "dependencies (no engine warnings on this Node)"
+install_log=$(mktemp)
+npm ci --no-audit --no-fund 2>&1 | tee "$install_log"
+if grep -q EBADENGINE "$install_log"; then
+  echo "a dependency does not support $(node --version): pin one that does" >&2
+  exit 1
+fi
+rm -f "$install_log"
 step "lint";        npm run lint
 step "format";      npm run format:check
 step "type-check";  npm run typecheck

@@ -54,8 +54,8 @@ async function measure(notified: boolean, pollMs: number): Promise<number[]> {
     );
     await Promise.all([lead, ...waiting]);
   }
-  await leader.onModuleDestroy();
-  await followers.onModuleDestroy();
+  await leader.onApplicationShutdown();
+  await followers.onApplicationShutdown();
   await leaderRedis.quit();
   await followerRedis.quit();
   return latencies;

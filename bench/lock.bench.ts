@@ -70,7 +70,7 @@ function ours(fair: boolean): Contender {
       return () => handle.release();
     },
     close: async () => {
-      await locks.onModuleDestroy();
+      await locks.onApplicationShutdown();
       await redis.quit();
     },
   };

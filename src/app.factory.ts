@@ -5,6 +5,7 @@ import { FastifyAdapter, NestFastifyApplication } from '@nestjs/platform-fastify
 import { Logger } from 'nestjs-pino';
 import { Registry } from 'prom-client';
 import { AppModule } from './app.module';
+import { ShutdownState } from './lifecycle/shutdown-state';
 import { serveOpenApi } from './common/openapi';
 import { PROBLEM_CONTENT_TYPE, problem } from './common/problem';
 import { instrumentHttp } from './metrics/http-metrics';
@@ -61,9 +62,17 @@ export async function createApp(options: CreateAppOptions = {}): Promise<NestFas
   logRequests(fastify, app.get(ROOT_LOGGER));
   instrumentHttp(fastify, app.get(Registry));
   serveOpenApi(app);
+  const shutdown = app.get(ShutdownState);
   fastify.addHook('onRequest', (request, reply, done) => {
     void reply.header(REQUEST_ID_HEADER, request.id);
     done();
+  });
+  // While draining, each connection ends with its response: a keep-alive connection (Fastify
+  // keeps them 72 s) whose request was in flight when the server closed would otherwise hold
+  // the shutdown until the grace period kills the process.
+  fastify.addHook('onSend', (_request, reply, payload, done) => {
+    if (shutdown.isDraining) void reply.header('connection', 'close');
+    done(null, payload);
   });
 
   return app;

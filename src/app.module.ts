@@ -9,6 +9,7 @@ import { PG_POOL } from './database/database.constants';
 import { DatabaseModule } from './database/database.module';
 import { EmbeddingModule } from './embedding/embedding.module';
 import { HealthModule } from './health/health.module';
+import { LifecycleModule } from './lifecycle/lifecycle.module';
 import { IdempotencyModule } from './idempotency';
 import { LockModule } from './lock';
 import { LoggingModule } from './logging/logging.module';
@@ -31,6 +32,7 @@ export class AppModule {
       module: AppModule,
       imports: [
         AppConfigModule.forRoot(),
+        LifecycleModule,
         LoggingModule,
         AuthModule,
         MetricsModule,

@@ -3,12 +3,14 @@ import { ConfigService } from '@nestjs/config';
 import { NestFastifyApplication } from '@nestjs/platform-fastify';
 import { createApp } from './app.factory';
 import { ConfigValidationError, Env } from './config/env.schema';
+import { ShutdownState } from './lifecycle/shutdown-state';
 
 const logger = new Logger('Bootstrap');
 
 /**
- * Graceful shutdown: readiness fails at once (ShutdownState), the server stops accepting and
- * drains in-flight requests, then Redis and Postgres are closed. If that takes longer than
+ * Graceful shutdown (see ShutdownState): readiness fails and long work stops at once, the server
+ * keeps serving for SHUTDOWN_DELAY_MS, stops accepting and drains in-flight requests; then held
+ * locks are released, and Redis and Postgres are closed. If that takes longer than
  * SHUTDOWN_GRACE_MS the process exits with status 1 rather than hang.
  */
 function handleSignals(app: NestFastifyApplication, graceMs: number): void {
@@ -17,6 +19,7 @@ function handleSignals(app: NestFastifyApplication, graceMs: number): void {
     logger.log(`received ${signal}`);
     if (closing) return;
     closing = true;
+    app.get(ShutdownState).begin(signal);
     setTimeout(() => {
       logger.error(`shutdown did not finish within ${graceMs} ms; exiting`);
       process.exit(1);

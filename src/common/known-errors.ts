@@ -12,6 +12,7 @@ import {
   IdempotencyLeaseLostError,
 } from '../idempotency/idempotency.errors';
 import { isDatabaseUnavailable, isLockTimeout } from '../database/database-errors';
+import { ShuttingDownError } from '../lifecycle/shutdown-state';
 
 export interface KnownError {
   status: number;
@@ -57,6 +58,13 @@ export function knownError(error: unknown): KnownError | undefined {
     };
   }
   if (error instanceof InvalidLockKeyError) return { status: 400, detail: error.message };
+  if (error instanceof ShuttingDownError) {
+    return {
+      status: 503,
+      detail: 'This replica is shutting down; send the request again.',
+      retryAfterSeconds: 1,
+    };
+  }
   if (isDatabaseUnavailable(error)) {
     // The transaction was rolled back with the connection: nothing was written.
     return { status: 503, detail: 'The database is unavailable.', retryAfterSeconds: 1 };

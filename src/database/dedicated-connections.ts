@@ -29,4 +29,26 @@ export class DedicatedConnections {
     await client.connect();
     return client;
   }
+
+  /** The server process of a dedicated connection, to cancel what it runs (cancelStatement). */
+  async backendPid(client: Client): Promise<number> {
+    const { rows } = await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
+    return rows[0].pid;
+  }
+
+  /**
+   * Cancels the statement a dedicated connection is running (an index build: minutes), from a
+   * connection of its own; the session lives on, its transaction fails. Best effort.
+   */
+  async cancelStatement(pid: number): Promise<void> {
+    const client = await this.open('cancel').catch(() => undefined);
+    if (!client) return;
+    try {
+      await client.query('SELECT pg_cancel_backend($1)', [pid]);
+    } catch (error) {
+      this.logger.warn(`could not cancel backend ${pid}: ${String(error)}`);
+    } finally {
+      await client.end().catch(() => undefined);
+    }
+  }
 }

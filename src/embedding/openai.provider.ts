@@ -1,6 +1,6 @@
 import { setTimeout as delay } from 'node:timers/promises';
 import { Logger } from '@nestjs/common';
-import { EmbeddingError, EmbeddingProvider } from './embedding.types';
+import { EmbedOptions, EmbeddingError, EmbeddingProvider } from './embedding.types';
 
 export interface OpenAiProviderOptions {
   /** Base URL; requests go to `${url}/v1/embeddings` unless it already ends with /embeddings. */
@@ -39,16 +39,18 @@ export class OpenAiEmbeddingProvider implements EmbeddingProvider {
     return this.options.dimension;
   }
 
-  async embed(texts: string[]): Promise<number[][]> {
+  async embed(texts: string[], { signal }: EmbedOptions = {}): Promise<number[][]> {
     const vectors: number[][] = [];
     for (let start = 0; start < texts.length; start += this.options.batchSize) {
-      vectors.push(...(await this.embedBatch(texts.slice(start, start + this.options.batchSize))));
+      const batch = texts.slice(start, start + this.options.batchSize);
+      vectors.push(...(await this.embedBatch(batch, signal)));
     }
     return vectors;
   }
 
-  private async embedBatch(input: string[]): Promise<number[][]> {
+  private async embedBatch(input: string[], signal?: AbortSignal): Promise<number[][]> {
     for (let attempt = 0; ; attempt++) {
+      signal?.throwIfAborted();
       let retryAfterMs: number | undefined;
       let failure: string;
       try {
@@ -59,7 +61,9 @@ export class OpenAiEmbeddingProvider implements EmbeddingProvider {
             ...(this.options.apiKey ? { authorization: `Bearer ${this.options.apiKey}` } : {}),
           },
           body: JSON.stringify({ model: this.options.model, input }),
-          signal: AbortSignal.timeout(this.options.timeoutMs),
+          signal: signal
+            ? AbortSignal.any([signal, AbortSignal.timeout(this.options.timeoutMs)])
+            : AbortSignal.timeout(this.options.timeoutMs),
         });
         if (response.ok)
           return this.parse((await response.json()) as EmbeddingsResponse, input.length);
@@ -71,6 +75,8 @@ export class OpenAiEmbeddingProvider implements EmbeddingProvider {
         if (Number.isFinite(header) && header > 0) retryAfterMs = Math.min(header * 1000, 30_000);
       } catch (error) {
         if (error instanceof EmbeddingError) throw error;
+        // The caller gave up: its reason, not a provider failure, and no retry.
+        signal?.throwIfAborted();
         failure = error instanceof Error ? error.message : String(error);
       }
       if (attempt >= this.options.maxRetries) {
@@ -82,7 +88,7 @@ export class OpenAiEmbeddingProvider implements EmbeddingProvider {
       this.logger.warn(
         `embedding request failed (${failure}); retrying in ${Math.round(backoff)} ms`,
       );
-      await delay(backoff);
+      await delay(backoff, undefined, { signal });
     }
   }
 

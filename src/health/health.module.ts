@@ -2,11 +2,10 @@ import { Module } from '@nestjs/common';
 import { TerminusModule } from '@nestjs/terminus';
 import { HealthController } from './health.controller';
 import { DependencyIndicators } from './indicators';
-import { ShutdownState } from './shutdown-state';
 
 @Module({
   imports: [TerminusModule.forRoot({ errorLogStyle: 'json', logger: false })],
   controllers: [HealthController],
-  providers: [DependencyIndicators, ShutdownState],
+  providers: [DependencyIndicators],
 })
 export class HealthModule {}

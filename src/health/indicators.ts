@@ -6,7 +6,7 @@ import { Env } from '../config/env.schema';
 import { PG_POOL } from '../database/database.constants';
 import { LockService } from '../lock';
 import { REDIS_CLIENT, RedisConnection } from '../redis/redis.constants';
-import { ShutdownState } from './shutdown-state';
+import { ShutdownState } from '../lifecycle/shutdown-state';
 
 /** pgvector releases before this build HNSW indexes with a parallel-build overflow bug. */
 const PARALLEL_HNSW_SAFE_FROM = [0, 8, 2];

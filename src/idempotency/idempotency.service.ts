@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { Inject, Injectable, Logger, OnModuleDestroy } from '@nestjs/common';
+import { Inject, Injectable, Logger, OnApplicationShutdown } from '@nestjs/common';
 import { KeyedWakeups, Wakeable } from '../common/keyed-wakeups';
 import { definedOnly } from '../common/objects';
 import { currentLeaderSignal, runAsLeader } from './idempotency-context';
@@ -46,7 +46,7 @@ interface Resolved {
  * when there is none yet. Results larger than `maxResultBytes` are answered but not stored.
  */
 @Injectable()
-export class IdempotencyService implements OnModuleDestroy {
+export class IdempotencyService implements OnApplicationShutdown {
   private readonly logger = new Logger('IdempotencyService');
   private readonly defaults: typeof SEED_DEFAULTS;
   private readonly prefix: string;
@@ -153,7 +153,8 @@ export class IdempotencyService implements OnModuleDestroy {
     return this.store.forgetResult(key);
   }
 
-  async onModuleDestroy(): Promise<void> {
+  /** After the HTTP server has drained: requests still in flight keep their records working. */
+  async onApplicationShutdown(): Promise<void> {
     (await this.unsubscribe)?.();
     await this.store.close();
   }

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { hostname } from 'node:os';
-import { Inject, Injectable, Logger, OnModuleDestroy } from '@nestjs/common';
+import { Inject, Injectable, Logger, OnApplicationShutdown } from '@nestjs/common';
 import { KeyedWakeups, Wakeable } from '../common/keyed-wakeups';
 import { definedOnly } from '../common/objects';
 import { HeldLock, HeldLockHooks } from './held-lock';
@@ -58,7 +58,7 @@ const WAIT_AND_RENEW: AcquireMode = { waits: true, renewByDefault: true };
  * aborts the holder's signal before the lease could expire unnoticed.
  */
 @Injectable()
-export class LockService implements OnModuleDestroy {
+export class LockService implements OnApplicationShutdown {
   private readonly logger = new Logger('LockService');
   private readonly settings: typeof DEFAULTS;
   readonly instanceId: string;
@@ -238,7 +238,12 @@ export class LockService implements OnModuleDestroy {
     }
   }
 
-  async onModuleDestroy(): Promise<void> {
+  /**
+   * After the HTTP server has drained (not at module destroy, which Nest runs before it): a
+   * request still in flight keeps its lock to the end. Runs before RedisModule's own shutdown
+   * (a global module, so it shuts down last).
+   */
+  async onApplicationShutdown(): Promise<void> {
     this.closed = true;
     clearInterval(this.expirySweep);
     this.untrack();

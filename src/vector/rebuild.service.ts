@@ -1,4 +1,10 @@
-import { ConflictException, Inject, Injectable, Logger } from '@nestjs/common';
+import {
+  ConflictException,
+  Inject,
+  Injectable,
+  Logger,
+  ServiceUnavailableException,
+} from '@nestjs/common';
 import { ClientBase, Pool, PoolClient } from 'pg';
 import { PG_POOL } from '../database/database.constants';
 import { isLockTimeout } from '../database/database-errors';
@@ -14,6 +20,7 @@ import {
   PostgresFencing,
   StaleFenceError,
 } from '../lock';
+import { ShutdownState } from '../lifecycle/shutdown-state';
 import { IndexMaintenance } from './index-maintenance.service';
 import { NamespaceRepository } from './repositories/namespace.repository';
 import { VectorItemRepository } from './repositories/vector-item.repository';
@@ -74,6 +81,7 @@ export class RebuildService {
     private readonly locks: LockService,
     private readonly indexes: IndexMaintenance,
     private readonly idempotency: IdempotencyService,
+    private readonly shutdown: ShutdownState,
   ) {}
 
   /**
@@ -307,7 +315,14 @@ export class RebuildService {
    */
   async rebuild(namespace: string, lock: LockHandle): Promise<RebuildResult> {
     const started = performance.now();
+    if (this.shutdown.isDraining) throw shuttingDown(namespace);
     const session = await this.connections.open('rebuild');
+    // On shutdown the rebuild stops at once, even in the middle of a statement (an index build
+    // takes minutes), and hands its lock and idempotency record back (see ShutdownState).
+    const pid = await this.connections.backendPid(session);
+    const stopStatement = () => void this.connections.cancelStatement(pid);
+    this.shutdown.signal.addEventListener('abort', stopStatement, { once: true });
+    const stop = AbortSignal.any([lock.signal, this.shutdown.signal]);
     let begun: BegunRebuild | undefined;
     try {
       begun = await this.beginSlot(session, namespace, lock);
@@ -346,7 +361,7 @@ export class RebuildService {
           await this.assertCurrent(lock);
           const page = await this.items.page(table, source.id, after, PAGE_SIZE, target);
           if (page.length === 0) break;
-          const rows = await this.reembed(page, target, counts);
+          const rows = await this.reembed(page, target, counts, stop);
           await this.vectors.transaction(async (client) => {
             if (!staged) await this.schema.createStaging(client, table, target.id);
             await this.items.copyIntoStaging(client, table, target.id, rows);
@@ -434,13 +449,18 @@ export class RebuildService {
         await this.namespaces
           .updateRebuild(begun.progressId, { status: 'failed', error: String(error) })
           .catch(() => undefined);
-        await this.abandonSlot(begun.target, lock).catch((cleanupError: unknown) =>
-          this.logger.warn(
-            `left the failed slot ${begun!.target.slot} of ${namespace} for a later cleanup: ` +
-              String(cleanupError),
-          ),
-        );
+        // On shutdown the slot is left to the next rebuild, which drops leftovers first thing:
+        // handing the lock over at once matters more.
+        if (!this.shutdown.isDraining) {
+          await this.abandonSlot(begun.target, lock).catch((cleanupError: unknown) =>
+            this.logger.warn(
+              `left the failed slot ${begun!.target.slot} of ${namespace} for a later cleanup: ` +
+                String(cleanupError),
+            ),
+          );
+        }
       }
+      if (this.shutdown.isDraining) throw shuttingDown(namespace);
       // Superseded mid-step (its slot's tables dropped under it by the successor, say): the
       // cause to report is the lost lease, not what it broke.
       if (!(error instanceof StaleFenceError) && (await this.superseded(lock))) {
@@ -448,6 +468,7 @@ export class RebuildService {
       }
       throw error;
     } finally {
+      this.shutdown.signal.removeEventListener('abort', stopStatement);
       // Closing the connection ends the session lock with it, whatever state it is in.
       await session.end().catch(() => undefined);
     }
@@ -562,8 +583,14 @@ export class RebuildService {
    * it neither waits for nor holds the fence row (see rebuild()).
    */
   private async assertCurrent(lock: LockHandle): Promise<void> {
+    this.assertRunning();
     lock.signal.throwIfAborted();
     if (await this.superseded(lock)) throw new StaleFenceError(lock.key, lock.fence);
+  }
+
+  /** A replica that is shutting down starts no rebuild step (another replica will run it). */
+  private assertRunning(): void {
+    this.shutdown.signal.throwIfAborted();
   }
 
   private superseded(lock: LockHandle): Promise<boolean> {
@@ -612,6 +639,7 @@ export class RebuildService {
     page: ItemRow[],
     target: SlotRow,
     counts: { embedded: number; reused: number },
+    signal: AbortSignal,
   ): Promise<ItemRow[]> {
     const rows = page.map((row) => ({ ...row }));
     const stale = rows.filter(
@@ -620,7 +648,10 @@ export class RebuildService {
         !(row.embedding_source === 'provider' && row.model === target.model),
     );
     if (stale.length > 0) {
-      const vectors = await this.embedder.embed(stale.map((row) => row.content));
+      const vectors = await this.embedder.embed(
+        stale.map((row) => row.content),
+        { signal },
+      );
       stale.forEach((row, i) => {
         row.embedding = vectors[i];
         row.embedding_source = 'provider';
@@ -643,6 +674,12 @@ export class RebuildService {
 }
 
 export type RebuildOutcome = SingleflightOutcome<RebuildResult>;
+
+const shuttingDown = (namespace: string) =>
+  new ServiceUnavailableException(
+    `This replica is shutting down: the rebuild of ${namespace} stopped; send it again ` +
+      '(another replica runs it).',
+  );
 
 interface BegunRebuild {
   source: SlotRow;

@@ -80,7 +80,7 @@ describe('a release published before the waiter has subscribed', () => {
   });
 
   afterAll(async () => {
-    await Promise.all(services.map((service) => service.onModuleDestroy()));
+    await Promise.all(services.map((service) => service.onApplicationShutdown()));
     await redis.quit();
   });
 

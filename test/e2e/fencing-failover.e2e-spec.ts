@@ -66,7 +66,7 @@ describe('fencing across a Redis failover (private master + replica)', () => {
   });
 
   afterAll(async () => {
-    await Promise.all([lockA?.onModuleDestroy(), lockB?.onModuleDestroy()]);
+    await Promise.all([lockA?.onApplicationShutdown(), lockB?.onApplicationShutdown()]);
     for (const client of clients) client.disconnect();
     await pair?.stop();
     await db?.close();

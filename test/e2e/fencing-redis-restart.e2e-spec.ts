@@ -33,7 +33,7 @@ describe('fencing across a Redis restart without persistence (private redis-serv
   });
 
   afterAll(async () => {
-    await locks?.onModuleDestroy();
+    await locks?.onApplicationShutdown();
     redis?.disconnect();
     await server?.kill();
     await db?.close();

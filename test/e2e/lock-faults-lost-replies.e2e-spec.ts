@@ -70,7 +70,7 @@ describe('locks when a Redis reply is lost', () => {
       metrics,
     );
     closers.push(async () => {
-      await locks.onModuleDestroy();
+      await locks.onApplicationShutdown();
       redis.disconnect();
     });
     return { locks, redis, metrics };

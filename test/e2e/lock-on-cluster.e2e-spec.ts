@@ -22,7 +22,7 @@ describe('locks on a local 3-master Redis Cluster', () => {
   }, 60_000);
 
   afterAll(async () => {
-    await locks?.onModuleDestroy();
+    await locks?.onApplicationShutdown();
     await client?.quit();
     await cluster?.stop();
   });

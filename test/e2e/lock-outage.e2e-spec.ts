@@ -30,7 +30,7 @@ describe('locks while Redis goes away and comes back', () => {
   });
 
   afterAll(async () => {
-    await locks.onModuleDestroy();
+    await locks.onApplicationShutdown();
     redis.disconnect();
     await server.kill();
   });

@@ -67,7 +67,7 @@ describe('Lua scripts: loaded once, reloaded after NOSCRIPT', () => {
       expect(second.fence).toBe(first.fence + 1);
       await second.release();
     } finally {
-      await locks.onModuleDestroy();
+      await locks.onApplicationShutdown();
     }
   });
 });

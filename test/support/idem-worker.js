@@ -106,7 +106,7 @@ async function call({ id, key, calls, workMs, ttl, pollMs, waitTimeoutMs = 20_00
 async function exit() {
   // A killed subscriber may be waiting to reconnect: do not let closing hang on it.
   await Promise.race([
-    idem.onModuleDestroy().then(() => redis.quit()),
+    idem.onApplicationShutdown().then(() => redis.quit()),
     sleep(1_000, undefined, { ref: false }),
   ]).catch(() => undefined);
   redis.disconnect();

@@ -43,7 +43,7 @@ export function idempotencyFixture(kind: StoreKind, connectionName?: string): Id
         .filter(({ labels }) => labels.event === event)
         .reduce((sum, { value }) => sum + value, 0),
     close: async () => {
-      await idem.onModuleDestroy();
+      await idem.onApplicationShutdown();
       await redis?.quit();
     },
   };

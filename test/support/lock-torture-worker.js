@@ -175,7 +175,7 @@ async function main() {
   const deadline = Date.now() + durationMs;
   const summary = role === 'forcer' ? await forcer(deadline) : await holder(deadline);
   process.stdout.write(`${JSON.stringify({ summary: { role, pid: process.pid, ...summary } })}\n`);
-  await locks.onModuleDestroy();
+  await locks.onApplicationShutdown();
   await redis.quit().catch(() => redis.disconnect());
   await pool.end();
 }

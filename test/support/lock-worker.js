@@ -123,7 +123,7 @@ async function take({ key, ttlMs, waitTimeoutMs, write }) {
 }
 
 async function exit(code) {
-  await locks.onModuleDestroy().catch(() => undefined);
+  await locks.onApplicationShutdown().catch(() => undefined);
   await redis.quit().catch(() => redis.disconnect());
   await pool.end().catch(() => undefined);
   process.exit(code);

@@ -39,7 +39,7 @@ export function lockFixture(
     metrics,
     key: (name = 'k') => `lock:test:${run}:${name}:${counter++}`,
     close: async () => {
-      await locks.onModuleDestroy();
+      await locks.onApplicationShutdown();
       await redis?.quit();
     },
   };

@@ -137,6 +137,11 @@ export class HeldLock implements LockHandle, MultiLockHandle {
     return removed > 0;
   }
 
+  /** When the lease runs out by itself (performance.now() time), unless renewed. */
+  get expiresAt(): number {
+    return this.deadline;
+  }
+
   /** True while held; marks the lease lost once its local deadline (less a margin) has passed. */
   checkExpiry(now = performance.now()): boolean {
     if (this.state !== 'held') return false;

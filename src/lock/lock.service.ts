@@ -154,8 +154,11 @@ export class LockService implements OnApplicationShutdown {
       return await this.context.run([...stack, handle], () => fn(handle));
     } finally {
       await handle.release().catch((error: unknown) => {
-        // The lease runs out by itself; the caller's result (or error) matters more.
-        this.logger.warn(`release of ${key} failed: ${String(error)}`);
+        // The caller's result (or error) matters more. The release is retried in the background
+        // until the lease would run out anyway: after a Redis failover the lock was replicated
+        // to the new master, and would otherwise hold the key there for the rest of its TTL.
+        this.logger.warn(`release of ${key} failed, retrying: ${String(error)}`);
+        void this.abandon([...handle.keys], handle.token, false, handle.expiresAt);
       });
     }
   }

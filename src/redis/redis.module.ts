@@ -64,6 +64,11 @@ function createRedisClient(config: AppConfigService): RedisConnection {
       ...options,
       sentinels: config.get('REDIS_SENTINELS', { infer: true }),
       name: config.get('REDIS_SENTINEL_NAME', { infer: true }),
+      // Listen for the Sentinels' +switch-master and reconnect to the new master at once. A
+      // master that froze (partition, paused VM) keeps its connections open: commands only
+      // time out, which never makes the client reconnect, and it would stay on the old
+      // master for as long as that one stays frozen.
+      failoverDetector: true,
       db: config.get('REDIS_DB', { infer: true }) ?? db,
     });
   } else {

@@ -37,8 +37,18 @@ class ReplicationNode {
     const child = this.process;
     if (!child || child.exitCode !== null || child.signalCode !== null) return;
     const exited = once(child, 'exit');
+    child.kill('SIGCONT');
     child.kill('SIGKILL');
     await exited;
+  }
+
+  /** SIGSTOP: its connections stay open and nothing answers (a partition, a frozen VM). */
+  pause(): void {
+    this.process?.kill('SIGSTOP');
+  }
+
+  resume(): void {
+    this.process?.kill('SIGCONT');
   }
 }
 

@@ -18,11 +18,11 @@ import {
 } from 'class-validator';
 import { IsVector } from '../../common/vector-validation';
 
-const NAMESPACE = /^[a-z0-9][a-z0-9_-]{0,63}$/;
-const NAMESPACE_MESSAGE =
+export const NAMESPACE = /^[a-z0-9][a-z0-9_-]{0,63}$/;
+export const NAMESPACE_MESSAGE =
   'namespace must be 1-64 characters: lower-case letters, digits, _ or -, starting with a letter or digit';
-const TABLE = /^[a-z][a-z0-9_]{0,39}$/;
-const TABLE_MESSAGE = 'table_name must be a registered table name';
+export const TABLE = /^[a-z][a-z0-9_]{0,39}$/;
+export const TABLE_MESSAGE = 'table_name must be a registered table name';
 
 /** Hard ceilings; the configured limits (UPSERT_MAX_ITEMS, CONTENT_MAX_BYTES …) are checked in the service. */
 const MAX_ITEMS = 10_000;

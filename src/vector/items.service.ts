@@ -1,0 +1,290 @@
+import { Readable } from 'node:stream';
+import { Injectable, Logger, ServiceUnavailableException } from '@nestjs/common';
+import { FieldError } from '../common/problem';
+import { invalidRequest } from '../common/validation';
+import { isUndefinedTable } from '../database/database-errors';
+import { EXPORT_DEFAULT_LIMIT, ExportItemsQueryDto, FetchItemsDto } from './dto/items.dto';
+import {
+  GuardedRead,
+  ItemReadsRepository,
+  StoredItemText,
+} from './repositories/item-reads.repository';
+import { NamespaceRepository } from './repositories/namespace.repository';
+import { unknownNamespace } from './vector.errors';
+import { VectorTables } from './vector-tables';
+import { SlotRow } from './vector.types';
+
+/** Namespaces whose active slot a replica remembers for reads (cleared when full). */
+const READ_SLOT_CACHE_SIZE = 10_000;
+/** Reads of one page or fetch tried again after finding their slot switched away from. */
+const MAX_SLOT_RETRIES = 3;
+/**
+ * Rows per keyset page of an NDJSON export. One page (≈ 4 MB with 384-dimensional embeddings)
+ * is written while the next is read; the stream holds at most these two.
+ */
+export const STREAM_PAGE_ROWS = 1000;
+
+/** An item as the API returns it (JSON pages, fetch). */
+export interface ItemJson {
+  obj_ref: string;
+  id: string | null;
+  content: string;
+  metadata: Record<string, unknown> | null;
+  embedding?: number[];
+}
+
+/** Where an export page left off: its table and namespace, the slot it read and its last key. */
+interface ExportCursor {
+  t: string;
+  n: string;
+  s: number;
+  k: string;
+}
+
+/**
+ * Fetch by obj_ref and export of a namespace's active slot (JSON keyset pages, NDJSON stream).
+ * Every read is guarded against a slot switch (ItemReadsRepository): it runs again on the new
+ * active slot when it finds the one it used switched away from or dropped.
+ *
+ * Export semantics: pages and the stream walk the active slot in obj_ref order, each page
+ * after the last obj_ref of the previous one. An item present for the whole export appears
+ * exactly once; one upserted during it appears at most once (once if its obj_ref is after
+ * the position the export had reached, with whatever content was stored when its page was read).
+ * When a rebuild or rollback switches the active slot between pages, the export carries on in
+ * the new slot after the same obj_ref: the new slot holds every obj_ref the old one held, so the
+ * guarantee holds across the switch.
+ */
+@Injectable()
+export class ItemsService {
+  private readonly logger = new Logger(ItemsService.name);
+  private readonly readSlots = new Map<string, SlotRow>();
+
+  constructor(
+    private readonly tables: VectorTables,
+    private readonly namespaces: NamespaceRepository,
+    private readonly reads: ItemReadsRepository,
+  ) {}
+
+  async fetch(dto: FetchItemsDto) {
+    this.assertTable(dto.table_name);
+    const seen = new Set<string>();
+    const problems: FieldError[] = [];
+    dto.obj_refs.forEach((objRef, i) => {
+      if (seen.has(objRef)) {
+        problems.push({
+          field: `obj_refs[${i}]`,
+          message: 'obj_ref appears twice in this request',
+        });
+      }
+      seen.add(objRef);
+    });
+    if (problems.length > 0) throw invalidRequest(problems);
+    const { slot, read } = await this.readActive(dto.namespace, (current) =>
+      this.reads.byRefs(dto.table_name, current, dto.obj_refs, dto.include_embeddings),
+    );
+    const found = new Map(read.items.map((item) => [item.obj_ref, item]));
+    const items: ItemJson[] = [];
+    const notFound: string[] = [];
+    for (const objRef of dto.obj_refs) {
+      const item = found.get(objRef);
+      if (item) items.push(toJson(item, dto.include_embeddings));
+      else notFound.push(objRef);
+    }
+    return {
+      success: true as const,
+      namespace: dto.namespace,
+      slot: slot.slot,
+      items,
+      not_found: notFound,
+    };
+  }
+
+  /** One JSON page of at most `limit` items, and the cursor of the next (null at the end). */
+  async exportPage(query: ExportItemsQueryDto) {
+    this.assertTable(query.table_name);
+    const limit = query.limit ?? EXPORT_DEFAULT_LIMIT;
+    const after = query.cursor === undefined ? '' : this.decodeCursor(query).k;
+    // One row more than asked for tells whether another page follows.
+    const { slot, read } = await this.readActive(query.namespace, (current) =>
+      this.reads.page(query.table_name, current, after, limit + 1, query.include_embeddings),
+    );
+    const page = read.items.slice(0, limit);
+    const more = read.items.length > limit;
+    return {
+      success: true as const,
+      namespace: query.namespace,
+      slot: slot.slot,
+      items: page.map((item) => toJson(item, query.include_embeddings)),
+      next_cursor: more
+        ? encodeCursor({
+            t: query.table_name,
+            n: query.namespace,
+            s: slot.slot,
+            k: page[page.length - 1].obj_ref,
+          })
+        : null,
+    };
+  }
+
+  /**
+   * Every item of the active slot as NDJSON, read in keyset pages of STREAM_PAGE_ROWS. The first
+   * page is read before this resolves, so an unknown namespace or table (or Postgres being down)
+   * is still an ordinary error answer; later pages are read as the client takes the earlier ones
+   * (a pull stream of one page: back-pressure reaches Postgres). A failure after the first byte
+   * destroys the stream, and the server then ends the response without its final chunk, which
+   * clients see as a truncated (failed) transfer: a complete export is one that ended cleanly.
+   * A client that goes away destroys the stream too; the generator stops at its next page and
+   * holds no pool connection between pages.
+   */
+  async exportStream(query: ExportItemsQueryDto): Promise<Readable> {
+    this.assertTable(query.table_name);
+    const problems: FieldError[] = [];
+    if (query.cursor !== undefined) {
+      problems.push({ field: 'cursor', message: 'applies to JSON pages, not the NDJSON stream' });
+    }
+    if (query.limit !== undefined) {
+      problems.push({ field: 'limit', message: 'applies to JSON pages, not the NDJSON stream' });
+    }
+    if (problems.length > 0) throw invalidRequest(problems);
+    const table = query.table_name;
+    const withEmbeddings = query.include_embeddings;
+    const readPage = (slot: SlotRow, after: string) =>
+      this.readActive(
+        query.namespace,
+        (current) => this.reads.page(table, current, after, STREAM_PAGE_ROWS, withEmbeddings),
+        slot,
+      );
+    const first = await readPage(await this.slotOf(query.namespace), '');
+    const logger = this.logger;
+    async function* chunks(): AsyncGenerator<string> {
+      let { slot, read } = first;
+      try {
+        for (;;) {
+          if (read.items.length > 0) yield ndjson(read.items, withEmbeddings);
+          if (read.items.length < STREAM_PAGE_ROWS) return;
+          ({ slot, read } = await readPage(slot, read.items[read.items.length - 1].obj_ref));
+        }
+      } catch (error) {
+        logger.warn(
+          `export of ${table}/${query.namespace} failed mid-stream: ${(error as Error).message}`,
+        );
+        throw error;
+      }
+    }
+    return Readable.from(chunks(), { highWaterMark: 1 });
+  }
+
+  /**
+   * Runs `read` on the namespace's active slot (cached, or `start`) until the read confirms
+   * that slot was still active in its own snapshot; a switch since the lookup costs one more
+   * statement. Bounded: a namespace switching on every try is not worth chasing.
+   */
+  private async readActive(
+    namespace: string,
+    read: (slot: SlotRow) => Promise<GuardedRead>,
+    start?: SlotRow,
+  ): Promise<{ slot: SlotRow; read: GuardedRead }> {
+    let slot = start ?? (await this.slotOf(namespace));
+    for (let attempt = 0; ; attempt++) {
+      const outcome = await read(slot).catch((error: unknown) => {
+        // The slot was switched away from and its tables dropped meanwhile.
+        if (isUndefinedTable(error) && attempt < MAX_SLOT_RETRIES) return null;
+        throw error;
+      });
+      if (outcome?.activeSlot === slot.slot) return { slot, read: outcome };
+      if (outcome && outcome.activeSlot === null) {
+        this.readSlots.delete(namespace);
+        throw unknownNamespace(namespace);
+      }
+      if (attempt >= MAX_SLOT_RETRIES) {
+        throw new ServiceUnavailableException('The namespace keeps switching.');
+      }
+      slot = await this.slotOf(namespace, true);
+    }
+  }
+
+  /** The namespace's active slot, cached: only a guess, which every read checks. */
+  private async slotOf(namespace: string, refresh = false): Promise<SlotRow> {
+    const cached = refresh ? undefined : this.readSlots.get(namespace);
+    if (cached) return cached;
+    const row = await this.namespaces.find(namespace);
+    const slot = row ? await this.namespaces.slot(namespace, row.active_slot) : null;
+    if (!slot) {
+      this.readSlots.delete(namespace);
+      throw unknownNamespace(namespace);
+    }
+    if (this.readSlots.size >= READ_SLOT_CACHE_SIZE) this.readSlots.clear();
+    this.readSlots.set(namespace, slot);
+    return slot;
+  }
+
+  private decodeCursor(query: ExportItemsQueryDto): ExportCursor {
+    const bad = (message: string) => invalidRequest([{ field: 'cursor', message }]);
+    let cursor: unknown;
+    try {
+      cursor = JSON.parse(Buffer.from(query.cursor!, 'base64url').toString('utf8'));
+    } catch {
+      throw bad('not a cursor this service issued');
+    }
+    if (!isExportCursor(cursor)) throw bad('not a cursor this service issued');
+    if (cursor.t !== query.table_name || cursor.n !== query.namespace) {
+      throw bad('belongs to an export of another table or namespace');
+    }
+    return cursor;
+  }
+
+  private assertTable(table: string): void {
+    if (!this.tables.has(table)) {
+      throw invalidRequest([
+        {
+          field: 'table_name',
+          message: `unknown table; registered tables: ${this.tables.names.join(', ')}`,
+        },
+      ]);
+    }
+  }
+}
+
+function isExportCursor(value: unknown): value is ExportCursor {
+  if (typeof value !== 'object' || value === null) return false;
+  const { t, n, s, k } = value as Record<string, unknown>;
+  return (
+    typeof t === 'string' &&
+    typeof n === 'string' &&
+    typeof s === 'number' &&
+    Number.isSafeInteger(s) &&
+    s > 0 &&
+    typeof k === 'string' &&
+    k.length > 0
+  );
+}
+
+function encodeCursor(cursor: ExportCursor): string {
+  return Buffer.from(JSON.stringify(cursor)).toString('base64url');
+}
+
+function toJson(item: StoredItemText, withEmbedding: boolean): ItemJson {
+  const json: ItemJson = {
+    obj_ref: item.obj_ref,
+    id: item.item_id,
+    content: item.content,
+    metadata: item.metadata === null ? null : (JSON.parse(item.metadata) as ItemJson['metadata']),
+  };
+  if (withEmbedding) json.embedding = JSON.parse(item.embedding!) as number[];
+  return json;
+}
+
+/**
+ * One page as NDJSON lines with the same fields as toJson, built as text: metadata and embedding
+ * are already JSON as Postgres sends them, so only the strings go through JSON.stringify.
+ */
+function ndjson(items: StoredItemText[], withEmbedding: boolean): string {
+  let text = '';
+  for (const item of items) {
+    text +=
+      `{"obj_ref":${JSON.stringify(item.obj_ref)},"id":${JSON.stringify(item.item_id)},` +
+      `"content":${JSON.stringify(item.content)},"metadata":${item.metadata ?? 'null'}` +
+      (withEmbedding ? `,"embedding":${item.embedding}}\n` : '}\n');
+  }
+  return text;
+}

@@ -30,6 +30,13 @@ export interface GuardedRead {
   items: StoredItemText[];
 }
 
+/** A guarded read of NDJSON lines, and the obj_ref of the last (null: none). */
+export interface GuardedLines {
+  activeSlot: number | null;
+  lines: string[];
+  last: string | null;
+}
+
 interface GuardedRow {
   active_slot: number;
   obj_ref: string | null;
@@ -85,6 +92,46 @@ export class ItemReadsRepository {
   }
 
   /**
+   * A keyset page (as `page`) with each item already one NDJSON line, built by Postgres: its
+   * jsonb and vector text are JSON as they are, and to_json escapes the strings as JSON does.
+   * The service then only joins lines, which keeps an export's cost in Postgres's text output.
+   */
+  async pageLines(
+    table: string,
+    slot: ReadSlot,
+    after: string,
+    limit: number,
+    withEmbeddings: boolean,
+  ): Promise<GuardedLines> {
+    const { rows } = await this.pool.query<[number, string | null, string | null]>({
+      text: this.guardedSql(
+        table,
+        slot,
+        `obj_ref,
+         '{"obj_ref":' || to_json(obj_ref)::text
+           || ',"id":' || COALESCE(to_json(item_id)::text, 'null')
+           || ',"content":' || to_json(content)::text
+           || ',"metadata":' || COALESCE(metadata::text, 'null')
+           || CASE WHEN $3::boolean THEN ',"embedding":' || embedding::text ELSE '' END
+           || '}' AS line`,
+        'i.obj_ref, i.line',
+        'obj_ref > $4 ORDER BY obj_ref LIMIT $5',
+      ),
+      values: [slot.namespace, Math.trunc(slot.slot), withEmbeddings, after, Math.trunc(limit)],
+      rowMode: 'array',
+    });
+    if (rows.length === 0) return { activeSlot: null, lines: [], last: null };
+    const lines: string[] = [];
+    let last: string | null = null;
+    for (const [, objRef, line] of rows) {
+      if (objRef === null) continue;
+      lines.push(line!);
+      last = objRef;
+    }
+    return { activeSlot: rows[0][0], lines, last };
+  }
+
+  /**
    * The partition is read in a LATERAL subquery behind `n.active_slot = $2`, so the statement
    * returns one row (item columns null) when nothing matches or the slot is no longer active, and
    * none when the namespace does not exist. With the namespace row as the only outer row, the
@@ -98,15 +145,14 @@ export class ItemReadsRepository {
     values: unknown[],
   ): Promise<GuardedRead> {
     const { rows } = await this.pool.query<GuardedRow>(
-      `SELECT n.active_slot, i.obj_ref, i.item_id, i.content, i.metadata, i.embedding
-       FROM vector_namespaces n
-       LEFT JOIN LATERAL (
-         SELECT obj_ref, item_id, content, metadata::text AS metadata,
-                CASE WHEN $3::boolean THEN embedding::text END AS embedding
-         FROM ${this.tables.partition(table, slot.id)}
-         WHERE n.active_slot = $2 AND slot_id = ${Math.trunc(slot.id)} AND ${condition}
-       ) i ON true
-       WHERE n.namespace = $1`,
+      this.guardedSql(
+        table,
+        slot,
+        `obj_ref, item_id, content, metadata::text AS metadata,
+         CASE WHEN $3::boolean THEN embedding::text END AS embedding`,
+        'i.obj_ref, i.item_id, i.content, i.metadata, i.embedding',
+        condition,
+      ),
       [slot.namespace, Math.trunc(slot.slot), withEmbeddings, ...values],
     );
     if (rows.length === 0) return { activeSlot: null, items: [] };
@@ -122,5 +168,23 @@ export class ItemReadsRepository {
       });
     }
     return { activeSlot: rows[0].active_slot, items };
+  }
+
+  /** $1 namespace, $2 the slot number read, $3 with embeddings; `condition` may use $4, $5. */
+  private guardedSql(
+    table: string,
+    slot: ReadSlot,
+    columns: string,
+    outer: string,
+    condition: string,
+  ): string {
+    return `SELECT n.active_slot, ${outer}
+            FROM vector_namespaces n
+            LEFT JOIN LATERAL (
+              SELECT ${columns}
+              FROM ${this.tables.partition(table, slot.id)}
+              WHERE n.active_slot = $2 AND slot_id = ${Math.trunc(slot.id)} AND ${condition}
+            ) i ON true
+            WHERE n.namespace = $1`;
   }
 }

@@ -4,7 +4,7 @@ import { FieldError } from '../common/problem';
 import { invalidRequest } from '../common/validation';
 import { isUndefinedTable } from '../database/database-errors';
 import { EXPORT_DEFAULT_LIMIT, ExportItemsQueryDto, FetchItemsDto } from './dto/items.dto';
-import { ItemReadsRepository, StoredItemText } from './repositories/item-reads.repository';
+import { ItemReadsRepository, PageEnd, StoredItemText } from './repositories/item-reads.repository';
 import { NamespaceRepository } from './repositories/namespace.repository';
 import { unknownNamespace } from './vector.errors';
 import { VectorTables } from './vector-tables';
@@ -15,8 +15,9 @@ const READ_SLOT_CACHE_SIZE = 10_000;
 /** Reads of one page or fetch tried again after finding their slot switched away from. */
 const MAX_SLOT_RETRIES = 3;
 /**
- * Rows per keyset page of an NDJSON export. One page (≈ 4 MB with 384-dimensional embeddings)
- * is written while the next is read; the stream holds at most these two.
+ * Items per page of an NDJSON export (one transaction and COPY each). Pages stream through as
+ * Postgres sends them, so the service's memory does not depend on this; longer pages mean fewer
+ * round trips, shorter ones a shorter hold on a pool connection and a snapshot.
  */
 export const STREAM_PAGE_ROWS = 1000;
 
@@ -142,32 +143,64 @@ export class ItemsService {
       problems.push({ field: 'limit', message: 'applies to JSON pages, not the NDJSON stream' });
     }
     if (problems.length > 0) throw invalidRequest(problems);
-    const table = query.table_name;
-    const withEmbeddings = query.include_embeddings;
-    const readPage = (slot: SlotRow, after: string) =>
-      this.readActive(
-        query.namespace,
-        (current) => this.reads.pageLines(table, current, after, STREAM_PAGE_ROWS, withEmbeddings),
-        slot,
-      );
-    const first = await readPage(await this.slotOf(query.namespace), '');
+    const pages = this.ndjsonPages(query.table_name, query.namespace, query.include_embeddings);
+    // The first page is begun here, so errors before the first byte are ordinary answers.
+    const first = await pages.next();
     const logger = this.logger;
     async function* chunks(): AsyncGenerator<Buffer> {
-      let { slot, read } = first;
       try {
-        for (;;) {
-          if (read.lines.length > 0) yield ndjsonChunk(read.lines);
-          if (read.lines.length < STREAM_PAGE_ROWS) return;
-          ({ slot, read } = await readPage(slot, read.last!));
-        }
+        if (first.done) return;
+        yield first.value;
+        yield* pages;
       } catch (error) {
         logger.warn(
-          `export of ${table}/${query.namespace} failed mid-stream: ${(error as Error).message}`,
+          `export of ${query.table_name}/${query.namespace} failed mid-stream: ${(error as Error).message}`,
         );
         throw error;
+      } finally {
+        // Destroyed before `pages` took over (the client left after the first chunk): stop it
+        // too, which closes the connection of the page it was sending.
+        await pages.return(undefined);
       }
     }
     return Readable.from(chunks(), { highWaterMark: 1 });
+  }
+
+  /**
+   * The NDJSON bytes of every item of the active slot, page after page. A page that finds its
+   * slot switched away from (or dropped) has sent nothing, and is read again from the new one,
+   * after the same obj_ref.
+   */
+  private async *ndjsonPages(
+    table: string,
+    namespace: string,
+    withEmbeddings: boolean,
+  ): AsyncGenerator<Buffer> {
+    let slot = await this.slotOf(namespace);
+    let after = '';
+    for (;;) {
+      let end: PageEnd | null = null;
+      for (let attempt = 0; ; attempt++) {
+        try {
+          end = yield* this.reads.ndjsonPage(table, slot, after, STREAM_PAGE_ROWS, withEmbeddings);
+        } catch (error) {
+          // The slot's tables were dropped meanwhile (its guard statement failed: nothing sent).
+          if (!isUndefinedTable(error) || attempt >= MAX_SLOT_RETRIES) throw error;
+          end = null;
+        }
+        if (end?.activeSlot === slot.slot) break;
+        if (end && end.activeSlot === null) {
+          this.readSlots.delete(namespace);
+          throw unknownNamespace(namespace);
+        }
+        if (attempt >= MAX_SLOT_RETRIES) {
+          throw new ServiceUnavailableException('The namespace keeps switching.');
+        }
+        slot = await this.slotOf(namespace, true);
+      }
+      if (end.rows < STREAM_PAGE_ROWS) return;
+      after = end.last!;
+    }
   }
 
   /**
@@ -268,16 +301,4 @@ function toJson(item: StoredItemText, withEmbedding: boolean): ItemJson {
   };
   if (withEmbedding) json.embedding = JSON.parse(item.embedding!) as number[];
   return json;
-}
-
-const NEWLINE = Buffer.from('\n');
-
-/**
- * A page's lines as one buffer. Encoded line by line: joining a page into one string first
- * (megabytes with embeddings) cost several times more, in copies and in collecting such strings.
- */
-function ndjsonChunk(lines: string[]): Buffer {
-  const parts: Buffer[] = [];
-  for (const line of lines) parts.push(Buffer.from(line), NEWLINE);
-  return Buffer.concat(parts);
 }

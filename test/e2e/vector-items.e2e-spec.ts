@@ -77,7 +77,7 @@ describe('Vector items: fetch by obj_ref, export as keyset pages and NDJSON', ()
         const n = start + i;
         return {
           obj_ref: `seed-${String(n).padStart(5, '0')}`,
-          content: `seed item ${n} "quoted" \\ é\n`,
+          content: `seed item ${n} "quoted" \\ é\n\u0001\u0002`,
           id: `id-${n}`,
           metadata: { n, tags: ['a', n % 2 ? 'odd' : 'even'] },
           ...(withVectors ? { embedding: vectorFor(n) } : {}),
@@ -148,7 +148,7 @@ describe('Vector items: fetch by obj_ref, export as keyset pages and NDJSON', ()
         items: [3, 0, 4].map((n) => ({
           obj_ref: `seed-${String(n).padStart(5, '0')}`,
           id: `id-${n}`,
-          content: `seed item ${n} "quoted" \\ é\n`,
+          content: `seed item ${n} "quoted" \\ é\n\u0001\u0002`,
           metadata: { n, tags: ['a', n % 2 ? 'odd' : 'even'] },
         })),
         not_found: ['nope'],
@@ -259,7 +259,7 @@ describe('Vector items: fetch by obj_ref, export as keyset pages and NDJSON', ()
       expect(pages[0].items[7]).toEqual({
         obj_ref: 'seed-00007',
         id: 'id-7',
-        content: 'seed item 7 "quoted" \\ é\n',
+        content: 'seed item 7 "quoted" \\ é\n\u0001\u0002',
         metadata: { n: 7, tags: ['a', 'odd'] },
       });
       const first = await page({ table_name: 'questions', namespace }).expect(200);
@@ -432,7 +432,7 @@ describe('Vector items: fetch by obj_ref, export as keyset pages and NDJSON', ()
         expect(item).toEqual({
           obj_ref: `seed-${String(n).padStart(5, '0')}`,
           id: `id-${n}`,
-          content: `seed item ${n} "quoted" \\ é\n`,
+          content: `seed item ${n} "quoted" \\ é\n\u0001\u0002`,
           metadata: { n, tags: ['a', n % 2 ? 'odd' : 'even'] },
           embedding: vectorFor(n),
         }),
@@ -445,7 +445,7 @@ describe('Vector items: fetch by obj_ref, export as keyset pages and NDJSON', ()
       expect(first).toEqual({
         obj_ref: 'seed-00000',
         id: 'id-0',
-        content: 'seed item 0 "quoted" \\ é\n',
+        content: 'seed item 0 "quoted" \\ é\n\u0001\u0002',
         metadata: { n: 0, tags: ['a', 'even'] },
       });
       expect(lean.split('\n')).toHaveLength(4_201);
@@ -496,6 +496,41 @@ describe('Vector items: fetch by obj_ref, export as keyset pages and NDJSON', ()
         obj_refs: ['seed-04199'],
       }).expect(200);
       expect(after.body.items).toHaveLength(1);
+    });
+
+    it('carries on in the new slot when a rebuild switches while the stream is paused', async () => {
+      const request = get(
+        `${baseUrl}/items?table_name=questions&namespace=${namespace}&include_embeddings=true`,
+        { headers: { ...asReader, accept: NDJSON }, agent: false },
+      );
+      const [response] = (await once(request, 'response')) as [IncomingMessage];
+      expect(response.statusCode).toBe(200);
+      const chunks: Buffer[] = [];
+      response.on('data', (chunk: Buffer) => chunks.push(chunk));
+      await waitFor(() => chunks.length > 0, { what: 'the first bytes' });
+      // The client stops reading: the export waits, mid-page, on back-pressure.
+      response.pause();
+      const rebuild = await app.http
+        .post('/api/v1/vector/rebuild-index')
+        .set('authorization', `Bearer ${SECRETS.write}`)
+        .send({ namespace, force: true })
+        .expect(200);
+      expect(rebuild.body.slot).toBeGreaterThan(1);
+      await upsert(namespace, [{ obj_ref: 'seed-99999-late', content: 'late' }]).expect(200);
+      response.resume();
+      await once(response, 'end');
+      expect(response.complete).toBe(true);
+      const items = Buffer.concat(chunks)
+        .toString('utf8')
+        .trimEnd()
+        .split('\n')
+        .map((line) => JSON.parse(line) as Item);
+      expectNoDuplicates(items.map((item) => item.obj_ref));
+      expect(items.map((item) => item.obj_ref)).toEqual([
+        ...Array.from({ length: 4_200 }, (_, n) => `seed-${String(n).padStart(5, '0')}`),
+        'seed-99999-late',
+      ]);
+      expect(items[4_100].embedding).toEqual(vectorFor(4_100));
     });
   });
 });

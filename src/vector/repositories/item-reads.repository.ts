@@ -1,5 +1,6 @@
 import { Inject, Injectable } from '@nestjs/common';
 import { Pool } from 'pg';
+import { to as copyTo } from 'pg-copy-streams';
 import { PG_POOL } from '../../database/database.constants';
 import { VectorTables } from '../vector-tables';
 import { SlotRow } from '../vector.types';
@@ -30,12 +31,16 @@ export interface GuardedRead {
   items: StoredItemText[];
 }
 
-/** A guarded read of NDJSON lines, and the obj_ref of the last (null: none). */
-export interface GuardedLines {
+/** What an NDJSON page found: the active slot, and how many items it sent, up to which. */
+export interface PageEnd {
   activeSlot: number | null;
-  lines: string[];
+  rows: number;
+  /** The obj_ref of the page's last item; null when it had none. */
   last: string | null;
 }
+
+/** The CSV quote byte of an export's COPY, never in an unquoted value. */
+const CSV_QUOTE = 0x02;
 
 interface GuardedRow {
   active_slot: number;
@@ -92,43 +97,79 @@ export class ItemReadsRepository {
   }
 
   /**
-   * A keyset page (as `page`) with each item already one NDJSON line, built by Postgres: its
-   * jsonb and vector text are JSON as they are, and to_json escapes the strings as JSON does.
-   * The service then only joins lines, which keeps an export's cost in Postgres's text output.
+   * A keyset page (as `page`) as NDJSON, yielded as the raw bytes Postgres sends: each item is
+   * one line built by Postgres (its jsonb and vector text are JSON as they are; to_json escapes
+   * strings as JSON does) and sent by COPY, so the service neither decodes nor re-encodes them.
+   * Yields nothing, and returns the active slot it found, when `slot` is no longer active.
+   *
+   * COPY takes no parameters, so the page is fixed first, in one REPEATABLE READ transaction:
+   * a guarded statement (the namespace row and the page's keys in one snapshot) counts the page
+   * and stores its bounds as transaction-local settings, which the COPY of the same snapshot
+   * reads back: values never enter the SQL text. CSV with delimiter and quote bytes that JSON
+   * text never holds unescaped (Postgres escapes control characters in JSON) writes each value
+   * as it is, one per line.
+   *
+   * Holds one pool connection while the page is read and sent. A consumer that stops early
+   * (the client went away) has the connection closed rather than returned mid-COPY.
    */
-  async pageLines(
+  async *ndjsonPage(
     table: string,
     slot: ReadSlot,
     after: string,
     limit: number,
     withEmbeddings: boolean,
-  ): Promise<GuardedLines> {
-    const { rows } = await this.pool.query<[number, string | null, string | null]>({
-      text: this.guardedSql(
-        table,
-        slot,
-        `obj_ref,
-         '{"obj_ref":' || to_json(obj_ref)::text
-           || ',"id":' || COALESCE(to_json(item_id)::text, 'null')
-           || ',"content":' || to_json(content)::text
-           || ',"metadata":' || COALESCE(metadata::text, 'null')
-           || CASE WHEN $3::boolean THEN ',"embedding":' || embedding::text ELSE '' END
-           || '}' AS line`,
-        'i.obj_ref, i.line',
-        'obj_ref > $4 ORDER BY obj_ref LIMIT $5',
-      ),
-      values: [slot.namespace, Math.trunc(slot.slot), withEmbeddings, after, Math.trunc(limit)],
-      rowMode: 'array',
-    });
-    if (rows.length === 0) return { activeSlot: null, lines: [], last: null };
-    const lines: string[] = [];
-    let last: string | null = null;
-    for (const [, objRef, line] of rows) {
-      if (objRef === null) continue;
-      lines.push(line!);
-      last = objRef;
+  ): AsyncGenerator<Buffer, PageEnd> {
+    const client = await this.pool.connect();
+    let reusable = false;
+    try {
+      await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
+      const { rows } = await client.query<PageEnd & { bounds: string }>(
+        `SELECT n.active_slot AS "activeSlot", p.rows, p.last,
+                set_config('vector_export.after', $2, true)
+                  || set_config('vector_export.last', COALESCE(p.last, ''), true) AS bounds
+         FROM vector_namespaces n
+         CROSS JOIN LATERAL (
+           SELECT count(*)::int AS rows, max(obj_ref) AS last
+           FROM (SELECT obj_ref FROM ${this.tables.partition(table, slot.id)}
+                 WHERE n.active_slot = $3 AND slot_id = ${Math.trunc(slot.id)} AND obj_ref > $2
+                 ORDER BY obj_ref LIMIT $4) k
+         ) p
+         WHERE n.namespace = $1`,
+        [slot.namespace, after, Math.trunc(slot.slot), Math.trunc(limit)],
+      );
+      const end: PageEnd = rows[0]
+        ? { activeSlot: rows[0].activeSlot, rows: rows[0].rows, last: rows[0].last }
+        : { activeSlot: null, rows: 0, last: null };
+      if (end.activeSlot === slot.slot && end.rows > 0) {
+        const copy = client.query(
+          copyTo(
+            `COPY (SELECT '{"obj_ref":' || to_json(obj_ref)::text
+                     || ',"id":' || COALESCE(to_json(item_id)::text, 'null')
+                     || ',"content":' || to_json(content)::text
+                     || ',"metadata":' || COALESCE(metadata::text, 'null')
+                     || ${withEmbeddings ? `',"embedding":' || embedding::text ||` : ''} '}'
+                   FROM ${this.tables.partition(table, slot.id)}
+                   WHERE slot_id = ${Math.trunc(slot.id)}
+                     AND obj_ref > current_setting('vector_export.after')
+                     AND obj_ref <= current_setting('vector_export.last')
+                   ORDER BY obj_ref)
+             TO STDOUT (FORMAT csv, DELIMITER E'\\x01', QUOTE E'\\x02')`,
+          ),
+        );
+        for await (const chunk of copy as AsyncIterable<Buffer>) {
+          // A quoted value would not be a JSON line: refuse it rather than send it.
+          if (chunk.includes(CSV_QUOTE)) throw new Error('an exported line needed CSV quoting');
+          yield chunk;
+        }
+      }
+      await client.query('COMMIT');
+      reusable = true;
+      return end;
+    } finally {
+      if (reusable) client.release();
+      // Failed or abandoned mid-transaction or mid-COPY: the connection is closed, not reused.
+      else client.release(new Error('export page not finished'));
     }
-    return { activeSlot: rows[0][0], lines, last };
   }
 
   /**

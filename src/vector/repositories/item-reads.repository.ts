@@ -39,6 +39,19 @@ export interface PageEnd {
   last: string | null;
 }
 
+/**
+ * SQL of an item's NDJSON line (the fields of a JSON page's item) from its row: jsonb and vector
+ * text are JSON as Postgres writes them, and to_json escapes strings (control characters
+ * included) as JSON does.
+ */
+export function ndjsonLineSql(withEmbeddings: boolean): string {
+  return `'{"obj_ref":' || to_json(obj_ref)::text
+          || ',"id":' || COALESCE(to_json(item_id)::text, 'null')
+          || ',"content":' || to_json(content)::text
+          || ',"metadata":' || COALESCE(metadata::text, 'null')
+          || ${withEmbeddings ? `',"embedding":' || embedding::text ||` : ''} '}'`;
+}
+
 /** The CSV quote byte of an export's COPY, never in an unquoted value. */
 const CSV_QUOTE = 0x02;
 
@@ -143,11 +156,7 @@ export class ItemReadsRepository {
       if (end.activeSlot === slot.slot && end.rows > 0) {
         const copy = client.query(
           copyTo(
-            `COPY (SELECT '{"obj_ref":' || to_json(obj_ref)::text
-                     || ',"id":' || COALESCE(to_json(item_id)::text, 'null')
-                     || ',"content":' || to_json(content)::text
-                     || ',"metadata":' || COALESCE(metadata::text, 'null')
-                     || ${withEmbeddings ? `',"embedding":' || embedding::text ||` : ''} '}'
+            `COPY (SELECT ${ndjsonLineSql(withEmbeddings)}
                    FROM ${this.tables.partition(table, slot.id)}
                    WHERE slot_id = ${Math.trunc(slot.id)}
                      AND obj_ref > current_setting('vector_export.after')

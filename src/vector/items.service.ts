@@ -127,12 +127,12 @@ export class ItemsService {
   /**
    * Every item of the active slot as NDJSON, read in keyset pages (streamPageRows). The first
    * page is read before this resolves, so an unknown namespace or table (or Postgres being down)
-   * is still an ordinary error answer; later pages are read as the client takes the earlier ones
-   * (a pull stream of one page: back-pressure reaches Postgres). A failure after the first byte
+   * is still an ordinary error answer; later bytes are read from Postgres as the client takes
+   * the earlier ones (a pull stream: back-pressure reaches the COPY). A failure after the first byte
    * destroys the stream, and the server then ends the response without its final chunk, which
    * clients see as a truncated (failed) transfer: a complete export is one that ended cleanly.
-   * A client that goes away destroys the stream too; the generator stops at its next page and
-   * holds no pool connection between pages.
+   * A client that goes away destroys the stream too: the page being sent has its connection
+   * closed, and nothing more is read. No pool connection is held between pages.
    */
   async exportStream(query: ExportItemsQueryDto): Promise<Readable> {
     this.assertTable(query.table_name);
@@ -158,13 +158,16 @@ export class ItemsService {
           `export of ${query.table_name}/${query.namespace} failed mid-stream: ${(error as Error).message}`,
         );
         throw error;
-      } finally {
-        // Destroyed before `pages` took over (the client left after the first chunk): stop it
-        // too, which closes the connection of the page it was sending.
-        await pages.return(undefined);
       }
     }
-    return Readable.from(chunks(), { highWaterMark: 1 });
+    const stream = Readable.from(chunks(), { highWaterMark: 1 });
+    // Once the stream is closed, `pages` is stopped, which closes the connection of the page it
+    // was sending. Needed beyond the generators' own clean-up: a stream destroyed before it
+    // started reading (a HEAD request, a client gone before the first chunk was taken) never
+    // runs `chunks`, whose `yield*` would otherwise pass the stop on. Stopping a finished
+    // generator does nothing.
+    stream.once('close', () => void pages.return(undefined).catch(() => undefined));
+    return stream;
   }
 
   /**

@@ -498,6 +498,19 @@ describe('Vector items: fetch by obj_ref, export as keyset pages and NDJSON', ()
       expect(after.body.items).toHaveLength(1);
     });
 
+    it('leaves no connection behind when the stream is dropped before it starts (HEAD)', async () => {
+      const head = await app.http
+        .head('/api/v1/vector/items')
+        .set(asReader)
+        .set('accept', NDJSON)
+        .query({ table_name: 'questions', namespace, include_embeddings: 'true' });
+      expect(head.status).toBe(200);
+      await waitFor(() => pool.waitingCount === 0 && pool.idleCount === pool.totalCount, {
+        what: 'every pool connection idle',
+        timeoutMs: 5_000,
+      });
+    });
+
     it('carries on in the new slot when a rebuild switches while the stream is paused', async () => {
       const request = get(
         `${baseUrl}/items?table_name=questions&namespace=${namespace}&include_embeddings=true`,

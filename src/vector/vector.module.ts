@@ -1,6 +1,9 @@
 import { Module } from '@nestjs/common';
 import { IndexMaintenance } from './index-maintenance.service';
+import { ItemsController } from './items.controller';
+import { ItemsService } from './items.service';
 import { RebuildService } from './rebuild.service';
+import { ItemReadsRepository } from './repositories/item-reads.repository';
 import { NamespaceRepository } from './repositories/namespace.repository';
 import { VectorItemRepository } from './repositories/vector-item.repository';
 import { VectorSchemaRepository } from './repositories/vector-schema.repository';
@@ -11,7 +14,7 @@ import { VectorTables } from './vector-tables';
 
 /** Namespaces, slots, upserts, rebuilds, cleanup, statistics and search. */
 @Module({
-  controllers: [VectorController],
+  controllers: [VectorController, ItemsController],
   providers: [
     VectorTables,
     VectorSettings,
@@ -21,6 +24,8 @@ import { VectorTables } from './vector-tables';
     VectorService,
     RebuildService,
     IndexMaintenance,
+    ItemReadsRepository,
+    ItemsService,
   ],
 })
 export class VectorModule {}

@@ -18,8 +18,8 @@ import {
 } from 'class-validator';
 import { IsVector } from '../../common/vector-validation';
 
-const NAMESPACE = /^[a-z0-9][a-z0-9_-]{0,63}$/;
-const NAMESPACE_MESSAGE =
+export const NAMESPACE = /^[a-z0-9][a-z0-9_-]{0,63}$/;
+export const NAMESPACE_MESSAGE =
   'namespace must be 1-64 characters: lower-case letters, digits, _ or -, starting with a letter or digit';
 export const TABLE = /^[a-z][a-z0-9_]{0,39}$/;
 export const TABLE_MESSAGE = 'table_name must be a registered table name';

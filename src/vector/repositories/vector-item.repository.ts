@@ -5,6 +5,7 @@ import { ClientBase, Pool, PoolClient } from 'pg';
 import { from as copyFrom } from 'pg-copy-streams';
 import { PG_POOL } from '../../database/database.constants';
 import { withTransaction } from '../../database/transaction';
+import { FilterNode, compileFilter } from '../metadata-filter';
 import { VectorTables } from '../vector-tables';
 import { ItemRow, SlotRow } from '../vector.types';
 import {
@@ -26,6 +27,8 @@ export interface SearchHit {
 
 interface GuardedHit {
   active_slot: number;
+  /** Searches by item: whether the item was found in the slot. */
+  found?: boolean;
   obj_ref: string | null;
   item_id: string | null;
   content: string | null;
@@ -43,6 +46,17 @@ export interface EmbeddingTarget {
 const REUSABLE_FOR = (model: string, dimension: string) =>
   `COALESCE((embedding_source = 'client' AND vector_dims(embedding) = ${dimension}::int)
      OR (embedding_source = 'provider' AND model = ${model}::text), false)`;
+
+/** What a filtered or by-item search looks for: near a vector, or near a stored item. */
+export type SearchTarget = { vector: number[] } | { objRef: string };
+
+export interface GuardedSearchResult {
+  /** The slot the namespace's row named active, or null when the namespace is gone. */
+  activeSlot: number | null;
+  /** False when searching by an item the slot does not hold. */
+  found: boolean;
+  hits: SearchHit[];
+}
 
 export interface TableSlotStats {
   rows: number;
@@ -335,23 +349,12 @@ export class VectorItemRepository {
     const rows =
       efSearch <= sessionEfSearch
         ? (await this.pool.query<GuardedHit>(statement)).rows
-        : await withTransaction(this.pool, async (client) => {
-            await client.query(`SET LOCAL hnsw.ef_search = ${Math.trunc(efSearch)}`);
-            return (await client.query<GuardedHit>(statement)).rows;
-          });
+        : await this.inTransaction(
+            [`hnsw.ef_search = ${Math.trunc(efSearch)}`],
+            async (client) => (await client.query<GuardedHit>(statement)).rows,
+          );
     if (rows.length === 0) return { activeSlot: null, hits: [] };
-    const hits: SearchHit[] = [];
-    for (const row of rows) {
-      if (row.obj_ref === null) continue;
-      hits.push({
-        obj_ref: row.obj_ref,
-        item_id: row.item_id,
-        content: row.content!,
-        metadata: row.metadata,
-        score: row.score!,
-      });
-    }
-    return { activeSlot: rows[0].active_slot, hits };
+    return { activeSlot: rows[0].active_slot, hits: toHits(rows) };
   }
 
   /** The index scan runs behind a one-time filter on the namespace row read in the same snapshot. */
@@ -382,6 +385,165 @@ export class VectorItemRepository {
     return rows.map((row) => row['QUERY PLAN']).join('\n');
   }
 
+  /**
+   * The k nearest items matching a metadata filter, and/or near a stored item (its own
+   * embedding, the item left out), guarded by the active slot like `search`. A filtered search
+   * runs in a transaction with `hnsw.iterative_scan = relaxed_order` (pgvector 0.8): the index
+   * scan goes on past ef_search until k rows pass the filter (or hnsw.max_scan_tuples), and the
+   * outer ORDER BY puts the slightly out-of-order rows back in order. The planner picks the HNSW
+   * scan or, for a filter it expects to keep few rows, the GIN index and an exact sort. If the
+   * index scan still comes back short of k (the filter keeps fewer rows than max_scan_tuples
+   * reaches), the statement runs once more without index scans, in the same transaction: an
+   * exact answer, so a search returns k rows whenever k rows match. BEGIN and the SET LOCALs
+   * go as one message; the filtered statement is not prepared (its shape varies with the
+   * filter), so each is planned with its values.
+   *
+   * By item without a filter the only filter is the item itself: ef_search k + 1 suffices, and
+   * the statement is prepared per slot like `search` (one round trip).
+   */
+  async searchGuarded(
+    table: string,
+    slot: Pick<SlotRow, 'id' | 'slot' | 'namespace' | 'dimension'>,
+    target: SearchTarget,
+    filter: FilterNode | null,
+    k: number,
+    efSearch: number,
+    sessionEfSearch: number,
+  ): Promise<GuardedSearchResult> {
+    const statement = this.guardedStatement(table, slot, target, filter, k);
+    let rows: GuardedHit[];
+    if (filter) {
+      const settings = ['hnsw.iterative_scan = relaxed_order'];
+      if (efSearch > sessionEfSearch) settings.push(`hnsw.ef_search = ${Math.trunc(efSearch)}`);
+      rows = await this.inTransaction(settings, async (client) => {
+        const first = (await client.query<GuardedHit>(statement)).rows;
+        if (first.length === 0 || first[0].found === false || hitCount(first) >= k) return first;
+        await client.query('SET LOCAL enable_indexscan = off');
+        return (await client.query<GuardedHit>(statement)).rows;
+      });
+    } else {
+      const prepared = {
+        ...statement,
+        name: `search_ref_${table}_${Math.trunc(slot.id)}_${Math.trunc(slot.dimension)}`,
+      };
+      rows =
+        efSearch <= sessionEfSearch
+          ? (await this.pool.query<GuardedHit>(prepared)).rows
+          : await this.inTransaction(
+              [`hnsw.ef_search = ${Math.trunc(efSearch)}`],
+              async (client) => (await client.query<GuardedHit>(prepared)).rows,
+            );
+    }
+    if (rows.length === 0) return { activeSlot: null, found: false, hits: [] };
+    return {
+      activeSlot: rows[0].active_slot,
+      found: rows[0].found !== false,
+      hits: toHits(rows),
+    };
+  }
+
+  /**
+   * `work` in a transaction whose SET LOCALs (constants of this class, never request data) go
+   * in one message with BEGIN: one round trip fewer than BEGIN, then SET.
+   */
+  private async inTransaction<T>(
+    settings: string[],
+    work: (client: PoolClient) => Promise<T>,
+  ): Promise<T> {
+    const client = await this.pool.connect();
+    try {
+      await client.query(
+        ['BEGIN', ...settings.map((setting) => `SET LOCAL ${setting}`)].join('; '),
+      );
+      try {
+        const result = await work(client);
+        await client.query('COMMIT');
+        return result;
+      } catch (error) {
+        await client.query('ROLLBACK').catch(() => undefined);
+        throw error;
+      }
+    } finally {
+      client.release();
+    }
+  }
+
+  /** The statement and values of `searchGuarded` (the filter compiled to parameters). */
+  private guardedStatement(
+    table: string,
+    slot: Pick<SlotRow, 'id' | 'slot' | 'namespace' | 'dimension'>,
+    target: SearchTarget,
+    filter: FilterNode | null,
+    k: number,
+  ): { text: string; values: unknown[] } {
+    const byRef = 'objRef' in target;
+    const values: unknown[] = byRef
+      ? [target.objRef, k, slot.namespace, Math.trunc(slot.id)]
+      : [encodeVector(target.vector), k, slot.namespace];
+    const compiled = filter ? compileFilter(filter, 'metadata', values.length + 1) : null;
+    return {
+      text: this.guardedSearchSql(table, slot, byRef, compiled?.sql ?? null),
+      values: compiled ? [...values, ...compiled.values] : values,
+    };
+  }
+
+  /**
+   * `searchSql` with a filter and/or a stored item as the query. By item: $1 the obj_ref and $4
+   * the slot id (so the primary key finds it); by vector: $1 the vector. Then $2 k, $3 the
+   * namespace; the filter's parameters follow.
+   */
+  guardedSearchSql(
+    table: string,
+    slot: Pick<SlotRow, 'id' | 'slot' | 'dimension'>,
+    byRef: boolean,
+    filterSql: string | null,
+  ): string {
+    const d = Math.trunc(slot.dimension);
+    const partition = this.tables.partition(table, slot.id);
+    const active = `n.active_slot = ${Math.trunc(slot.slot)}`;
+    const query = byRef ? 's.embedding' : `$1::vector(${d})`;
+    const source = byRef
+      ? `LEFT JOIN LATERAL (
+           SELECT embedding::vector(${d}) AS embedding FROM ${partition}
+           WHERE ${active} AND slot_id = $4 AND obj_ref = $1
+         ) s ON true`
+      : '';
+    return `SELECT n.active_slot, ${byRef ? 's.embedding IS NOT NULL' : 'true'} AS found,
+                   h.obj_ref, h.item_id, h.content, h.metadata, 1 - h.distance AS score
+            FROM vector_namespaces n
+            ${source}
+            LEFT JOIN LATERAL (
+              SELECT obj_ref, item_id, content, metadata,
+                     embedding::vector(${d}) <=> ${query} AS distance
+              FROM ${partition}
+              WHERE ${active}${byRef ? ' AND s.embedding IS NOT NULL AND obj_ref <> $1' : ''}
+                ${filterSql ? `AND ${filterSql}` : ''}
+              ORDER BY embedding::vector(${d}) <=> ${query}
+              LIMIT $2
+            ) h ON true
+            WHERE n.namespace = $3
+            ORDER BY h.distance`;
+  }
+
+  /** The plan of a filtered search by vector, as it runs (iterative scan on). */
+  async explainFilteredSearch(
+    table: string,
+    slot: Pick<SlotRow, 'id' | 'slot' | 'namespace' | 'dimension'>,
+    vector: number[],
+    filter: FilterNode,
+    k = 10,
+  ): Promise<string> {
+    const statement = this.guardedStatement(table, slot, { vector }, filter, k);
+    return withTransaction(this.pool, async (client) => {
+      await client.query('SET LOCAL hnsw.iterative_scan = relaxed_order');
+      const { rows } = await client.query<{ 'QUERY PLAN': string }>({
+        ...statement,
+        text: `EXPLAIN ${statement.text}`,
+      });
+      return rows.map((row) => row['QUERY PLAN']).join('\n');
+    });
+  }
+
   async stats(table: string, slotId: number): Promise<TableSlotStats> {
     const { rows } = await this.pool.query<{ rows: number; bytes: string }>(
       `SELECT (SELECT count(*)::int FROM ${this.tables.partition(table, slotId)}) AS rows,
@@ -390,4 +552,24 @@ export class VectorItemRepository {
     );
     return { rows: rows[0].rows, bytes: Number(rows[0].bytes) };
   }
+}
+
+/** The guarded statements' rows as hits (a row of nulls stands for no hit). */
+function toHits(rows: GuardedHit[]): SearchHit[] {
+  const hits: SearchHit[] = [];
+  for (const row of rows) {
+    if (row.obj_ref === null) continue;
+    hits.push({
+      obj_ref: row.obj_ref,
+      item_id: row.item_id,
+      content: row.content!,
+      metadata: row.metadata,
+      score: row.score!,
+    });
+  }
+  return hits;
+}
+
+function hitCount(rows: GuardedHit[]): number {
+  return rows.reduce((count, row) => count + (row.obj_ref === null ? 0 : 1), 0);
 }

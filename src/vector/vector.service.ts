@@ -212,16 +212,17 @@ export class VectorService {
     filter: FilterNode | null,
   ): Promise<{ activeSlot: number | null; found: boolean; hits: SearchHit[] }> {
     const session = this.settings.efSearch;
+    const limits = {
+      k: dto.k,
+      efSearch: Math.max(dto.k, session),
+      sessionEfSearch: session,
+      maxScanTuples: this.settings.maxScanTuples,
+    };
     if (dto.obj_ref !== undefined) {
-      return this.items.searchGuarded(
-        dto.table_name,
-        slot,
-        { objRef: dto.obj_ref },
-        filter,
-        dto.k,
-        Math.max(dto.k + 1, session),
-        session,
-      );
+      return this.items.searchGuarded(dto.table_name, slot, { objRef: dto.obj_ref }, filter, {
+        ...limits,
+        efSearch: Math.max(dto.k + 1, session),
+      });
     }
     let vector: number[];
     if (dto.vector) {
@@ -234,19 +235,15 @@ export class VectorService {
       }
       [vector] = await this.embedder.embed([dto.query!]);
     }
-    const efSearch = Math.max(dto.k, session);
-    if (filter) {
-      return this.items.searchGuarded(
-        dto.table_name,
-        slot,
-        { vector },
-        filter,
-        dto.k,
-        efSearch,
-        session,
-      );
-    }
-    const plain = await this.items.search(dto.table_name, slot, vector, dto.k, efSearch, session);
+    if (filter) return this.items.searchGuarded(dto.table_name, slot, { vector }, filter, limits);
+    const plain = await this.items.search(
+      dto.table_name,
+      slot,
+      vector,
+      dto.k,
+      limits.efSearch,
+      session,
+    );
     return { ...plain, found: true };
   }
 

@@ -50,6 +50,15 @@ const REUSABLE_FOR = (model: string, dimension: string) =>
 /** What a filtered or by-item search looks for: near a vector, or near a stored item. */
 export type SearchTarget = { vector: number[] } | { objRef: string };
 
+export interface GuardedSearchLimits {
+  k: number;
+  /** The search breadth this search needs, and what connections start with. */
+  efSearch: number;
+  sessionEfSearch: number;
+  /** hnsw.max_scan_tuples for filtered searches. */
+  maxScanTuples: number;
+}
+
 export interface GuardedSearchResult {
   /** The slot the namespace's row named active, or null when the namespace is gone. */
   activeSlot: number | null;
@@ -389,7 +398,7 @@ export class VectorItemRepository {
    * The k nearest items matching a metadata filter, and/or near a stored item (its own
    * embedding, the item left out), guarded by the active slot like `search`. A filtered search
    * runs in a transaction with `hnsw.iterative_scan = relaxed_order` (pgvector 0.8): the index
-   * scan goes on past ef_search until k rows pass the filter (or hnsw.max_scan_tuples), and the
+   * scan goes on past ef_search until k rows pass the filter (or `maxScanTuples`), and the
    * outer ORDER BY puts the slightly out-of-order rows back in order. The planner picks the HNSW
    * scan or, for a filter it expects to keep few rows, the GIN index and an exact sort. If the
    * index scan still comes back short of k (the filter keeps fewer rows than max_scan_tuples
@@ -406,14 +415,15 @@ export class VectorItemRepository {
     slot: Pick<SlotRow, 'id' | 'slot' | 'namespace' | 'dimension'>,
     target: SearchTarget,
     filter: FilterNode | null,
-    k: number,
-    efSearch: number,
-    sessionEfSearch: number,
+    { k, efSearch, sessionEfSearch, maxScanTuples }: GuardedSearchLimits,
   ): Promise<GuardedSearchResult> {
     const statement = this.guardedStatement(table, slot, target, filter, k);
     let rows: GuardedHit[];
     if (filter) {
-      const settings = ['hnsw.iterative_scan = relaxed_order'];
+      const settings = [
+        'hnsw.iterative_scan = relaxed_order',
+        `hnsw.max_scan_tuples = ${Math.trunc(maxScanTuples)}`,
+      ];
       if (efSearch > sessionEfSearch) settings.push(`hnsw.ef_search = ${Math.trunc(efSearch)}`);
       rows = await this.inTransaction(settings, async (client) => {
         const first = (await client.query<GuardedHit>(statement)).rows;

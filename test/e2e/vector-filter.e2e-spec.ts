@@ -211,6 +211,7 @@ describe('Vector search: metadata filters and search by item', () => {
           { id, slot: 1, namespace, dimension: DIM },
           queries[0],
           parseFilter(promo).filter!,
+          { k: 8, efSearch: 10, sessionEfSearch: 10, maxScanTuples: 30 },
         );
       expect(plan).toContain(`Index Scan using vec_questions_s${id}_hnsw`);
       for (const query of queries.slice(0, 5)) {
@@ -227,7 +228,7 @@ describe('Vector search: metadata filters and search by item', () => {
     }
   });
 
-  it('scans the HNSW index for a 10% filter, and has the metadata GIN index', async () => {
+  it('scans the HNSW index for a 10% filter, iteratively, and has the metadata GIN index', async () => {
     const id = await slotId();
     const { filter } = parseFilter({ category: 'c3' });
     const plan = await app.app
@@ -237,8 +238,20 @@ describe('Vector search: metadata filters and search by item', () => {
         { id, slot: 1, namespace, dimension: DIM },
         queries[0],
         filter!,
+        { k: 10, efSearch: 40, sessionEfSearch: 40, maxScanTuples: 20_000 },
+        true,
       );
     expect(plan).toContain(`Index Scan using vec_questions_s${id}_hnsw`);
+    // The statement's own settings are in force for its scan: with ef_search 40 a scan that
+    // stopped after its first candidates could pass at most 40 rows to the filter; this one
+    // went on until 10 matched (and the session setting is left as it was).
+    const scanned =
+      /Index Scan using \S+_hnsw .*rows=(\d+) loops=1\)\n.*\n\s*Filter: .*\n\s*Rows Removed by Filter: (\d+)/.exec(
+        plan,
+      );
+    expect(scanned).not.toBeNull();
+    expect(Number(scanned![1])).toBe(10);
+    expect(Number(scanned![1]) + Number(scanned![2])).toBeGreaterThan(40);
     const { rows } = await pool.query<{ indexdef: string }>(
       `SELECT indexdef FROM pg_indexes WHERE indexname = $1`,
       [`vec_questions_s${id}_meta`],

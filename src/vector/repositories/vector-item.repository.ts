@@ -4,7 +4,6 @@ import { Inject, Injectable } from '@nestjs/common';
 import { ClientBase, Pool, PoolClient } from 'pg';
 import { from as copyFrom } from 'pg-copy-streams';
 import { PG_POOL } from '../../database/database.constants';
-import { withTransaction } from '../../database/transaction';
 import { FilterNode, compileFilter } from '../metadata-filter';
 import { VectorTables } from '../vector-tables';
 import { ItemRow, SlotRow } from '../vector.types';
@@ -396,16 +395,21 @@ export class VectorItemRepository {
 
   /**
    * The k nearest items matching a metadata filter, and/or near a stored item (its own
-   * embedding, the item left out), guarded by the active slot like `search`. A filtered search
-   * runs in a transaction with `hnsw.iterative_scan = relaxed_order` (pgvector 0.8): the index
-   * scan goes on past ef_search until k rows pass the filter (or `maxScanTuples`), and the
-   * outer ORDER BY puts the slightly out-of-order rows back in order. The planner picks the HNSW
-   * scan or, for a filter it expects to keep few rows, the GIN index and an exact sort. If the
-   * index scan still comes back short of k (the filter keeps fewer rows than max_scan_tuples
-   * reaches), the statement runs once more without index scans, in the same transaction: an
-   * exact answer, so a search returns k rows whenever k rows match. BEGIN and the SET LOCALs
-   * go as one message; the filtered statement is not prepared (its shape varies with the
-   * filter), so each is planned with its values.
+   * embedding, the item left out), guarded by the active slot like `search`.
+   *
+   * A filtered statement turns on pgvector 0.8's iterative index scan for itself: the index scan
+   * goes on past ef_search until k rows pass the filter (or `maxScanTuples` are visited), and
+   * the outer ORDER BY puts relaxed_order's slightly out-of-order rows back in order. The
+   * settings are made inside the statement, by set_config(…, true) in a LATERAL row that the
+   * scan's gating condition refers to: they are in place before the index scan starts and end
+   * with the statement's implicit transaction. So a filtered search is one round trip, like a
+   * plain one, rather than BEGIN + SET LOCAL, the statement and COMMIT. It is not prepared (its
+   * shape varies with the filter), so each is planned with its values: the planner picks the
+   * HNSW scan or, for a filter it expects to keep few rows, the GIN index and an exact sort.
+   * If the index scan still comes back short of k (a filter keeping fewer rows than the visited
+   * tuples reach), the statement runs once more without index scans (SET LOCAL
+   * enable_indexscan = off, planner-time, hence a transaction): an exact answer, so a search
+   * returns k rows whenever k rows match.
    *
    * By item without a filter the only filter is the item itself: ef_search k + 1 suffices, and
    * the statement is prepared per slot like `search` (one round trip).
@@ -415,22 +419,19 @@ export class VectorItemRepository {
     slot: Pick<SlotRow, 'id' | 'slot' | 'namespace' | 'dimension'>,
     target: SearchTarget,
     filter: FilterNode | null,
-    { k, efSearch, sessionEfSearch, maxScanTuples }: GuardedSearchLimits,
+    limits: GuardedSearchLimits,
   ): Promise<GuardedSearchResult> {
-    const statement = this.guardedStatement(table, slot, target, filter, k);
+    const { k, efSearch, sessionEfSearch } = limits;
+    const statement = this.guardedStatement(table, slot, target, filter, limits);
     let rows: GuardedHit[];
     if (filter) {
-      const settings = [
-        'hnsw.iterative_scan = relaxed_order',
-        `hnsw.max_scan_tuples = ${Math.trunc(maxScanTuples)}`,
-      ];
-      if (efSearch > sessionEfSearch) settings.push(`hnsw.ef_search = ${Math.trunc(efSearch)}`);
-      rows = await this.inTransaction(settings, async (client) => {
-        const first = (await client.query<GuardedHit>(statement)).rows;
-        if (first.length === 0 || first[0].found === false || hitCount(first) >= k) return first;
-        await client.query('SET LOCAL enable_indexscan = off');
-        return (await client.query<GuardedHit>(statement)).rows;
-      });
+      rows = (await this.pool.query<GuardedHit>(statement)).rows;
+      if (rows.length > 0 && rows[0].found !== false && hitCount(rows) < k) {
+        rows = await this.inTransaction(
+          ['enable_indexscan = off'],
+          async (client) => (await client.query<GuardedHit>(statement)).rows,
+        );
+      }
     } else {
       const prepared = {
         ...statement,
@@ -484,15 +485,15 @@ export class VectorItemRepository {
     slot: Pick<SlotRow, 'id' | 'slot' | 'namespace' | 'dimension'>,
     target: SearchTarget,
     filter: FilterNode | null,
-    k: number,
+    limits: GuardedSearchLimits,
   ): { text: string; values: unknown[] } {
     const byRef = 'objRef' in target;
     const values: unknown[] = byRef
-      ? [target.objRef, k, slot.namespace, Math.trunc(slot.id)]
-      : [encodeVector(target.vector), k, slot.namespace];
+      ? [target.objRef, limits.k, slot.namespace, Math.trunc(slot.id)]
+      : [encodeVector(target.vector), limits.k, slot.namespace];
     const compiled = filter ? compileFilter(filter, 'metadata', values.length + 1) : null;
     return {
-      text: this.guardedSearchSql(table, slot, byRef, compiled?.sql ?? null),
+      text: this.guardedSearchSql(table, slot, byRef, compiled && { ...limits, ...compiled }),
       values: compiled ? [...values, ...compiled.values] : values,
     };
   }
@@ -500,13 +501,15 @@ export class VectorItemRepository {
   /**
    * `searchSql` with a filter and/or a stored item as the query. By item: $1 the obj_ref and $4
    * the slot id (so the primary key finds it); by vector: $1 the vector. Then $2 k, $3 the
-   * namespace; the filter's parameters follow.
+   * namespace; the filter's parameters follow. A filtered statement sets its scan's GUCs in the
+   * LATERAL row `scan` (integers from the configuration, not request data), which the gating
+   * condition of the item scan refers to, so they are set before that scan begins.
    */
   guardedSearchSql(
     table: string,
     slot: Pick<SlotRow, 'id' | 'slot' | 'dimension'>,
     byRef: boolean,
-    filterSql: string | null,
+    filter: { sql: string; efSearch: number; maxScanTuples: number } | null,
   ): string {
     const d = Math.trunc(slot.dimension);
     const partition = this.tables.partition(table, slot.id);
@@ -518,16 +521,29 @@ export class VectorItemRepository {
            WHERE ${active} AND slot_id = $4 AND obj_ref = $1
          ) s ON true`
       : '';
+    const settings = filter
+      ? `CROSS JOIN LATERAL (
+           SELECT concat(set_config('hnsw.iterative_scan', 'relaxed_order', true),
+                         set_config('hnsw.max_scan_tuples', '${Math.trunc(filter.maxScanTuples)}', true),
+                         set_config('hnsw.ef_search', '${Math.trunc(filter.efSearch)}', true)) AS settings
+         ) scan`
+      : '';
+    const conditions = [
+      active,
+      ...(filter ? ['scan.settings IS NOT NULL'] : []),
+      ...(byRef ? ['s.embedding IS NOT NULL', 'obj_ref <> $1'] : []),
+      ...(filter ? [filter.sql] : []),
+    ];
     return `SELECT n.active_slot, ${byRef ? 's.embedding IS NOT NULL' : 'true'} AS found,
                    h.obj_ref, h.item_id, h.content, h.metadata, 1 - h.distance AS score
             FROM vector_namespaces n
+            ${settings}
             ${source}
             LEFT JOIN LATERAL (
               SELECT obj_ref, item_id, content, metadata,
                      embedding::vector(${d}) <=> ${query} AS distance
               FROM ${partition}
-              WHERE ${active}${byRef ? ' AND s.embedding IS NOT NULL AND obj_ref <> $1' : ''}
-                ${filterSql ? `AND ${filterSql}` : ''}
+              WHERE ${conditions.join(' AND ')}
               ORDER BY embedding::vector(${d}) <=> ${query}
               LIMIT $2
             ) h ON true
@@ -535,23 +551,21 @@ export class VectorItemRepository {
             ORDER BY h.distance`;
   }
 
-  /** The plan of a filtered search by vector, as it runs (iterative scan on). */
+  /** The plan of a filtered search by vector (EXPLAIN ANALYZE with `analyze`: it runs). */
   async explainFilteredSearch(
     table: string,
     slot: Pick<SlotRow, 'id' | 'slot' | 'namespace' | 'dimension'>,
     vector: number[],
     filter: FilterNode,
-    k = 10,
+    limits: GuardedSearchLimits,
+    analyze = false,
   ): Promise<string> {
-    const statement = this.guardedStatement(table, slot, { vector }, filter, k);
-    return withTransaction(this.pool, async (client) => {
-      await client.query('SET LOCAL hnsw.iterative_scan = relaxed_order');
-      const { rows } = await client.query<{ 'QUERY PLAN': string }>({
-        ...statement,
-        text: `EXPLAIN ${statement.text}`,
-      });
-      return rows.map((row) => row['QUERY PLAN']).join('\n');
+    const statement = this.guardedStatement(table, slot, { vector }, filter, limits);
+    const { rows } = await this.pool.query<{ 'QUERY PLAN': string }>({
+      ...statement,
+      text: `EXPLAIN ${analyze ? '(ANALYZE, COSTS OFF)' : ''} ${statement.text}`,
     });
+    return rows.map((row) => row['QUERY PLAN']).join('\n');
   }
 
   async stats(table: string, slotId: number): Promise<TableSlotStats> {

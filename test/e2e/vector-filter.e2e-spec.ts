@@ -1,10 +1,11 @@
 import { randomBytes } from 'node:crypto';
-import { Pool } from 'pg';
+import { Client, Pool } from 'pg';
 import { PG_POOL } from '../../src/database/database.constants';
 import { IndexMaintenance } from '../../src/vector/index-maintenance.service';
-import { parseFilter } from '../../src/vector/metadata-filter';
+import { compileFilter, parseFilter } from '../../src/vector/metadata-filter';
 import { VectorItemRepository } from '../../src/vector/repositories/vector-item.repository';
 import { TestApp, startTestApp } from '../support/app';
+import { TEST_DATABASE_URL } from '../support/env';
 
 const DIM = 384;
 const ITEMS = 4_000;
@@ -252,6 +253,32 @@ describe('Vector search: metadata filters and search by item', () => {
     expect(scanned).not.toBeNull();
     expect(Number(scanned![1])).toBe(10);
     expect(Number(scanned![1]) + Number(scanned![2])).toBeGreaterThan(40);
+    // The settings end with the statement: the connection that ran it is as it was.
+    const repository = app.app.get(VectorItemRepository);
+    const compiled = compileFilter(filter!, 'metadata', 4);
+    const client = new Client({
+      connectionString: TEST_DATABASE_URL,
+      options: '-c hnsw.ef_search=40',
+    });
+    await client.connect();
+    try {
+      await client.query(
+        repository.guardedSearchSql('questions', { id, slot: 1, dimension: DIM }, false, {
+          ...compiled,
+          efSearch: 200,
+          maxScanTuples: 1234,
+        }),
+        [`[${queries[0].join(',')}]`, 10, namespace, ...compiled.values],
+      );
+      const { rows: settings } = await client.query<{ scan: string; tuples: string; ef: string }>(
+        `SELECT current_setting('hnsw.iterative_scan') AS scan,
+                current_setting('hnsw.max_scan_tuples') AS tuples,
+                current_setting('hnsw.ef_search') AS ef`,
+      );
+      expect(settings[0]).toEqual({ scan: 'off', tuples: '20000', ef: '40' });
+    } finally {
+      await client.end();
+    }
     const { rows } = await pool.query<{ indexdef: string }>(
       `SELECT indexdef FROM pg_indexes WHERE indexname = $1`,
       [`vec_questions_s${id}_meta`],

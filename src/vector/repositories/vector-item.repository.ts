@@ -426,7 +426,14 @@ export class VectorItemRepository {
     let rows: GuardedHit[];
     if (filter) {
       rows = (await this.pool.query<GuardedHit>(statement)).rows;
-      if (rows.length > 0 && rows[0].found !== false && hitCount(rows) < k) {
+      // Not for a slot that is no longer active (the caller retries on the new one) or an
+      // item the slot does not hold.
+      const short =
+        rows.length > 0 &&
+        rows[0].active_slot === slot.slot &&
+        rows[0].found !== false &&
+        hitCount(rows) < k;
+      if (short) {
         rows = await this.inTransaction(
           ['enable_indexscan = off'],
           async (client) => (await client.query<GuardedHit>(statement)).rows,

@@ -111,6 +111,7 @@ export const envSchema = z.object({
   CONTENT_MAX_BYTES: positiveInt.default(32 * 1024),
   METADATA_MAX_BYTES: positiveInt.default(8 * 1024),
   SEARCH_EF_SEARCH: z.coerce.number().int().min(1).max(1000).default(100),
+  SEARCH_MAX_SCAN_TUPLES: z.coerce.number().int().min(1).max(2_147_483_647).default(20_000),
   HNSW_M: z.coerce.number().int().min(2).max(100).default(16),
   HNSW_EF_CONSTRUCTION: z.coerce.number().int().min(4).max(1000).default(64),
   REBUILD_MAINTENANCE_WORK_MEM: z

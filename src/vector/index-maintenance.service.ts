@@ -10,8 +10,9 @@ export const CREATE_INDEXES_LOCK = 'lock:vector:create_indexes';
 /**
  * Start-up (and post-rebuild) pass, under `lock:vector:create_indexes` so replicas starting
  * together take turns: item table parents exist, every active slot has a table per registered
- * table, and every such table a valid HNSW index. Idempotent. If it cannot run (Redis or
- * Postgres down at start-up) it retries in the background.
+ * table, and every such table a valid HNSW index and metadata GIN index (slots made before
+ * filtered search get the latter here, built CONCURRENTLY). Idempotent. If it cannot run (Redis
+ * or Postgres down at start-up) it retries in the background.
  */
 @Injectable()
 export class IndexMaintenance implements OnApplicationBootstrap, OnApplicationShutdown {

@@ -13,6 +13,7 @@ export class VectorSettings {
   readonly contentMaxBytes: number;
   readonly metadataMaxBytes: number;
   readonly efSearch: number;
+  readonly maxScanTuples: number;
   readonly lockTtlMs: number;
   readonly lockWaitMs: number;
   private parallelBuild?: Promise<boolean>;
@@ -25,6 +26,7 @@ export class VectorSettings {
     this.contentMaxBytes = config.get('CONTENT_MAX_BYTES', { infer: true });
     this.metadataMaxBytes = config.get('METADATA_MAX_BYTES', { infer: true });
     this.efSearch = config.get('SEARCH_EF_SEARCH', { infer: true });
+    this.maxScanTuples = config.get('SEARCH_MAX_SCAN_TUPLES', { infer: true });
     this.lockTtlMs = config.get('DEFAULT_LOCK_TTL_MS', { infer: true });
     this.lockWaitMs = config.get('DEFAULT_WAIT_TIMEOUT_MS', { infer: true });
   }

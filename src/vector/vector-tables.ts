@@ -41,6 +41,15 @@ export class VectorTables {
     return escapeIdentifier(`${this.partitionName(table, slotId)}_hnsw`);
   }
 
+  /** The slot's GIN index on `metadata jsonb_path_ops`, which serves filters' containment tests. */
+  metadataIndex(table: string, slotId: number): string {
+    return escapeIdentifier(this.metadataIndexName(table, slotId));
+  }
+
+  metadataIndexName(table: string, slotId: number): string {
+    return `${this.partitionName(table, slotId)}_meta`;
+  }
+
   /**
    * A building slot's side table: what upserts write for the slot while its index is built
    * (logged: it holds acknowledged writes until the switch merges it).

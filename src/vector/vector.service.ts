@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { Inject, Injectable, ServiceUnavailableException } from '@nestjs/common';
+import { Inject, Injectable, NotFoundException, ServiceUnavailableException } from '@nestjs/common';
 import { Pool, PoolClient } from 'pg';
 import { FieldError } from '../common/problem';
 import { invalidRequest } from '../common/validation';
@@ -11,8 +11,9 @@ import { EmbeddingProvider } from '../embedding/embedding.types';
 import { LockService, PostgresFencing, WithLock } from '../lock';
 import { BatchDeleteDto } from './dto/delete.dto';
 import { BatchUpsertDto, SearchDto, StatisticsQueryDto } from './dto/vector.dto';
+import { FilterNode, parseFilter } from './metadata-filter';
 import { NamespaceRepository } from './repositories/namespace.repository';
-import { VectorItemRepository } from './repositories/vector-item.repository';
+import { SearchHit, VectorItemRepository } from './repositories/vector-item.repository';
 import { VectorSchemaRepository } from './repositories/vector-schema.repository';
 import { modelMismatch, unknownNamespace } from './vector.errors';
 import { VectorSettings } from './vector-settings';
@@ -24,6 +25,12 @@ const SEARCH_SLOT_CACHE_SIZE = 10_000;
 
 export const upsertLockKey = (table: string, namespace: string) =>
   `lock:vector:upsert:${table}:${namespace}`;
+
+/** A search by obj_ref names an item the namespace's active slot does not hold. */
+const unknownItem = (namespace: string, table: string, objRef: string) =>
+  new NotFoundException(
+    `No item ${JSON.stringify(objRef)} in table ${table} of namespace ${namespace}.`,
+  );
 
 export interface UpsertResult {
   success: true;
@@ -229,47 +236,39 @@ export class VectorService {
   }
 
   async search(dto: SearchDto) {
+    // Everything about the request is checked before any database access.
     this.assertTable(dto.table_name, 'table_name');
-    if ((dto.query === undefined) === (dto.vector === undefined)) {
-      throw invalidRequest([{ field: 'query', message: 'send exactly one of query or vector' }]);
+    const given = [dto.query, dto.vector, dto.obj_ref].filter((value) => value !== undefined);
+    if (given.length !== 1) {
+      throw invalidRequest([
+        { field: 'query', message: 'send exactly one of query, vector or obj_ref' },
+      ]);
     }
+    const { filter, errors } = parseFilter(dto.filter);
+    if (errors.length > 0) throw invalidRequest(errors);
     let slot = await this.searchSlot(dto.namespace);
     // The statement names the slot it found active; a switch since the cache was filled costs
     // one more statement. Bounded: a namespace switching on every try is not worth chasing.
     for (let attempt = 0; ; attempt++) {
-      const outcome = await this.searchSlotOf(slot, dto).catch((error: unknown) => {
+      const outcome = await this.searchSlotOf(slot, dto, filter).catch((error: unknown) => {
         // The cached slot was switched away from and dropped meanwhile.
         if (isUndefinedTable(error) && attempt < 3) return null;
         throw error;
       });
-      if (outcome && outcome.activeSlot === slot.slot) return outcome.response;
+      if (outcome && outcome.activeSlot === slot.slot) {
+        if (!outcome.found) throw unknownItem(dto.namespace, dto.table_name, dto.obj_ref!);
+        return outcome.response;
+      }
       if (attempt >= 3) throw new ServiceUnavailableException('The namespace keeps switching.');
       slot = await this.searchSlot(dto.namespace, true);
     }
   }
 
-  private async searchSlotOf(slot: SlotRow, dto: SearchDto) {
-    let vector: number[];
-    if (dto.vector) {
-      const problems = vectorProblems(dto.vector, slot.dimension, 'vector');
-      if (problems.length > 0) throw invalidRequest(problems);
-      vector = dto.vector;
-    } else {
-      if (slot.model !== this.embedder.model) {
-        throw modelMismatch(dto.namespace, slot.model, this.embedder.model);
-      }
-      [vector] = await this.embedder.embed([dto.query!]);
-    }
-    const { activeSlot, hits } = await this.items.search(
-      dto.table_name,
-      slot,
-      vector,
-      dto.k,
-      Math.max(dto.k, this.settings.efSearch),
-      this.settings.efSearch,
-    );
+  private async searchSlotOf(slot: SlotRow, dto: SearchDto, filter: FilterNode | null) {
+    const { activeSlot, found, hits } = await this.searchHits(slot, dto, filter);
     return {
       activeSlot,
+      found,
       response: {
         success: true as const,
         namespace: dto.namespace,
@@ -283,6 +282,52 @@ export class VectorService {
         })),
       },
     };
+  }
+
+  /**
+   * A plain search by vector or query is the one prepared statement of `items.search`; a
+   * filter or an obj_ref takes `items.searchGuarded`. By item the item itself is left out, so
+   * ef_search is at least k + 1.
+   */
+  private async searchHits(
+    slot: SlotRow,
+    dto: SearchDto,
+    filter: FilterNode | null,
+  ): Promise<{ activeSlot: number | null; found: boolean; hits: SearchHit[] }> {
+    const session = this.settings.efSearch;
+    const limits = {
+      k: dto.k,
+      efSearch: Math.max(dto.k, session),
+      sessionEfSearch: session,
+      maxScanTuples: this.settings.maxScanTuples,
+    };
+    if (dto.obj_ref !== undefined) {
+      return this.items.searchGuarded(dto.table_name, slot, { objRef: dto.obj_ref }, filter, {
+        ...limits,
+        efSearch: Math.max(dto.k + 1, session),
+      });
+    }
+    let vector: number[];
+    if (dto.vector) {
+      const problems = vectorProblems(dto.vector, slot.dimension, 'vector');
+      if (problems.length > 0) throw invalidRequest(problems);
+      vector = dto.vector;
+    } else {
+      if (slot.model !== this.embedder.model) {
+        throw modelMismatch(dto.namespace, slot.model, this.embedder.model);
+      }
+      [vector] = await this.embedder.embed([dto.query!]);
+    }
+    if (filter) return this.items.searchGuarded(dto.table_name, slot, { vector }, filter, limits);
+    const plain = await this.items.search(
+      dto.table_name,
+      slot,
+      vector,
+      dto.k,
+      limits.efSearch,
+      session,
+    );
+    return { ...plain, found: true };
   }
 
   /**

@@ -1,3 +1,4 @@
+import { ApiPropertyOptional } from '@nestjs/swagger';
 import { Type } from 'class-transformer';
 import {
   ArrayMaxSize,
@@ -109,6 +110,35 @@ export class SearchDto {
   @IsOptional()
   @IsVector(MAX_DIMENSION)
   vector?: number[];
+
+  /**
+   * Search with the stored embedding of this item of the table ("more like this"); the item
+   * itself is left out of the results. Send exactly one of query, vector or obj_ref.
+   */
+  @IsOptional()
+  @IsString()
+  @Length(1, 256)
+  obj_ref?: string;
+
+  @ApiPropertyOptional({
+    type: 'object',
+    additionalProperties: true,
+    description:
+      'Only items whose metadata matches: a subset of MongoDB query syntax. `{"field": value}` ' +
+      '(equality), `{"field": {"$eq" | "$ne" | "$gt" | "$gte" | "$lt" | "$lte": value}}`, ' +
+      '`{"field": {"$in": [values]}}` (up to 256), `{"field": {"$exists": true | false}}`, ' +
+      '`{"$and": [filters]}`, `{"$or": [filters]}` (nested up to 4 levels); several keys in one ' +
+      'object must all hold; at most 64 conditions. Field names: 1-4 dot-separated segments ' +
+      'of `[A-Za-z_][A-Za-z0-9_]{0,63}` (`author.name` reads nested objects). Values: strings ' +
+      '(up to 1024 characters), finite numbers, booleans, null, compared as JSON ("10" is not ' +
+      '10; an array field does not equal one of its elements). Ranges compare numbers with ' +
+      'numbers and strings with strings; items whose field has another type do not match. ' +
+      '`$ne` also matches items without the field. Anything else is a 400 naming the path.',
+    example: { $and: [{ category: 'books' }, { price: { $gte: 10, $lt: 20 } }] },
+  })
+  @IsOptional()
+  @IsObject()
+  filter?: Record<string, unknown>;
 
   @IsOptional()
   @Type(() => Number)

@@ -4,7 +4,7 @@ import { Inject, Injectable } from '@nestjs/common';
 import { ClientBase, Pool, PoolClient } from 'pg';
 import { from as copyFrom } from 'pg-copy-streams';
 import { PG_POOL } from '../../database/database.constants';
-import { withTransaction } from '../../database/transaction';
+import { FilterNode, compileFilter } from '../metadata-filter';
 import { VectorTables } from '../vector-tables';
 import { ItemRow, SlotRow } from '../vector.types';
 import {
@@ -26,6 +26,8 @@ export interface SearchHit {
 
 interface GuardedHit {
   active_slot: number;
+  /** Searches by item: whether the item was found in the slot. */
+  found?: boolean;
   obj_ref: string | null;
   item_id: string | null;
   content: string | null;
@@ -52,6 +54,26 @@ export interface ApplyDeletions {
   /** The slot id that took every write meanwhile: keys it holds were upserted again. */
   truthSlot: number;
   sinceEpoch?: number;
+}
+
+/** What a filtered or by-item search looks for: near a vector, or near a stored item. */
+export type SearchTarget = { vector: number[] } | { objRef: string };
+
+export interface GuardedSearchLimits {
+  k: number;
+  /** The search breadth this search needs, and what connections start with. */
+  efSearch: number;
+  sessionEfSearch: number;
+  /** hnsw.max_scan_tuples for filtered searches. */
+  maxScanTuples: number;
+}
+
+export interface GuardedSearchResult {
+  /** The slot the namespace's row named active, or null when the namespace is gone. */
+  activeSlot: number | null;
+  /** False when searching by an item the slot does not hold. */
+  found: boolean;
+  hits: SearchHit[];
 }
 
 export interface TableSlotStats {
@@ -411,23 +433,12 @@ export class VectorItemRepository {
     const rows =
       efSearch <= sessionEfSearch
         ? (await this.pool.query<GuardedHit>(statement)).rows
-        : await withTransaction(this.pool, async (client) => {
-            await client.query(`SET LOCAL hnsw.ef_search = ${Math.trunc(efSearch)}`);
-            return (await client.query<GuardedHit>(statement)).rows;
-          });
+        : await this.inTransaction(
+            [`hnsw.ef_search = ${Math.trunc(efSearch)}`],
+            async (client) => (await client.query<GuardedHit>(statement)).rows,
+          );
     if (rows.length === 0) return { activeSlot: null, hits: [] };
-    const hits: SearchHit[] = [];
-    for (const row of rows) {
-      if (row.obj_ref === null) continue;
-      hits.push({
-        obj_ref: row.obj_ref,
-        item_id: row.item_id,
-        content: row.content!,
-        metadata: row.metadata,
-        score: row.score!,
-      });
-    }
-    return { activeSlot: rows[0].active_slot, hits };
+    return { activeSlot: rows[0].active_slot, hits: toHits(rows) };
   }
 
   /** The index scan runs behind a one-time filter on the namespace row read in the same snapshot. */
@@ -458,6 +469,188 @@ export class VectorItemRepository {
     return rows.map((row) => row['QUERY PLAN']).join('\n');
   }
 
+  /**
+   * The k nearest items matching a metadata filter, and/or near a stored item (its own
+   * embedding, the item left out), guarded by the active slot like `search`.
+   *
+   * A filtered statement turns on pgvector 0.8's iterative index scan for itself: the index scan
+   * goes on past ef_search until k rows pass the filter (or `maxScanTuples` are visited), and
+   * the outer ORDER BY puts relaxed_order's slightly out-of-order rows back in order. The
+   * settings are made inside the statement, by set_config(…, true) in a LATERAL row that the
+   * scan's gating condition refers to: they are in place before the index scan starts and end
+   * with the statement's implicit transaction. So a filtered search is one round trip, like a
+   * plain one, rather than BEGIN + SET LOCAL, the statement and COMMIT. It is not prepared (its
+   * shape varies with the filter), so each is planned with its values: the planner picks the
+   * HNSW scan or, for a filter it expects to keep few rows, the GIN index and an exact sort.
+   * If the index scan still comes back short of k (a filter keeping fewer rows than the visited
+   * tuples reach), the statement runs once more without index scans (SET LOCAL
+   * enable_indexscan = off, planner-time, hence a transaction): an exact answer, so a search
+   * returns k rows whenever k rows match.
+   *
+   * By item without a filter the only filter is the item itself: ef_search k + 1 suffices, and
+   * the statement is prepared per slot like `search` (one round trip).
+   */
+  async searchGuarded(
+    table: string,
+    slot: Pick<SlotRow, 'id' | 'slot' | 'namespace' | 'dimension'>,
+    target: SearchTarget,
+    filter: FilterNode | null,
+    limits: GuardedSearchLimits,
+  ): Promise<GuardedSearchResult> {
+    const { k, efSearch, sessionEfSearch } = limits;
+    const statement = this.guardedStatement(table, slot, target, filter, limits);
+    let rows: GuardedHit[];
+    if (filter) {
+      rows = (await this.pool.query<GuardedHit>(statement)).rows;
+      // Not for a slot that is no longer active (the caller retries on the new one) or an
+      // item the slot does not hold.
+      const short =
+        rows.length > 0 &&
+        rows[0].active_slot === slot.slot &&
+        rows[0].found !== false &&
+        hitCount(rows) < k;
+      if (short) {
+        rows = await this.inTransaction(
+          ['enable_indexscan = off'],
+          async (client) => (await client.query<GuardedHit>(statement)).rows,
+        );
+      }
+    } else {
+      const prepared = {
+        ...statement,
+        name: `search_ref_${table}_${Math.trunc(slot.id)}_${Math.trunc(slot.dimension)}`,
+      };
+      rows =
+        efSearch <= sessionEfSearch
+          ? (await this.pool.query<GuardedHit>(prepared)).rows
+          : await this.inTransaction(
+              [`hnsw.ef_search = ${Math.trunc(efSearch)}`],
+              async (client) => (await client.query<GuardedHit>(prepared)).rows,
+            );
+    }
+    if (rows.length === 0) return { activeSlot: null, found: false, hits: [] };
+    return {
+      activeSlot: rows[0].active_slot,
+      found: rows[0].found !== false,
+      hits: toHits(rows),
+    };
+  }
+
+  /**
+   * `work` in a transaction whose SET LOCALs (constants of this class, never request data) go
+   * in one message with BEGIN: one round trip fewer than BEGIN, then SET.
+   */
+  private async inTransaction<T>(
+    settings: string[],
+    work: (client: PoolClient) => Promise<T>,
+  ): Promise<T> {
+    const client = await this.pool.connect();
+    try {
+      await client.query(
+        ['BEGIN', ...settings.map((setting) => `SET LOCAL ${setting}`)].join('; '),
+      );
+      try {
+        const result = await work(client);
+        await client.query('COMMIT');
+        return result;
+      } catch (error) {
+        await client.query('ROLLBACK').catch(() => undefined);
+        throw error;
+      }
+    } finally {
+      client.release();
+    }
+  }
+
+  /** The statement and values of `searchGuarded` (the filter compiled to parameters). */
+  private guardedStatement(
+    table: string,
+    slot: Pick<SlotRow, 'id' | 'slot' | 'namespace' | 'dimension'>,
+    target: SearchTarget,
+    filter: FilterNode | null,
+    limits: GuardedSearchLimits,
+  ): { text: string; values: unknown[] } {
+    const byRef = 'objRef' in target;
+    const values: unknown[] = byRef
+      ? [target.objRef, limits.k, slot.namespace, Math.trunc(slot.id)]
+      : [encodeVector(target.vector), limits.k, slot.namespace];
+    const compiled = filter ? compileFilter(filter, 'metadata', values.length + 1) : null;
+    return {
+      text: this.guardedSearchSql(table, slot, byRef, compiled && { ...limits, ...compiled }),
+      values: compiled ? [...values, ...compiled.values] : values,
+    };
+  }
+
+  /**
+   * `searchSql` with a filter and/or a stored item as the query. By item: $1 the obj_ref and $4
+   * the slot id (so the primary key finds it); by vector: $1 the vector. Then $2 k, $3 the
+   * namespace; the filter's parameters follow. A filtered statement sets its scan's GUCs in the
+   * LATERAL row `scan` (integers from the configuration, not request data), which the gating
+   * condition of the item scan refers to, so they are set before that scan begins.
+   */
+  guardedSearchSql(
+    table: string,
+    slot: Pick<SlotRow, 'id' | 'slot' | 'dimension'>,
+    byRef: boolean,
+    filter: { sql: string; efSearch: number; maxScanTuples: number } | null,
+  ): string {
+    const d = Math.trunc(slot.dimension);
+    const partition = this.tables.partition(table, slot.id);
+    const active = `n.active_slot = ${Math.trunc(slot.slot)}`;
+    const query = byRef ? 's.embedding' : `$1::vector(${d})`;
+    const source = byRef
+      ? `LEFT JOIN LATERAL (
+           SELECT embedding::vector(${d}) AS embedding FROM ${partition}
+           WHERE ${active} AND slot_id = $4 AND obj_ref = $1
+         ) s ON true`
+      : '';
+    const settings = filter
+      ? `CROSS JOIN LATERAL (
+           SELECT concat(set_config('hnsw.iterative_scan', 'relaxed_order', true),
+                         set_config('hnsw.max_scan_tuples', '${Math.trunc(filter.maxScanTuples)}', true),
+                         set_config('hnsw.ef_search', '${Math.trunc(filter.efSearch)}', true)) AS settings
+         ) scan`
+      : '';
+    const conditions = [
+      active,
+      ...(filter ? ['scan.settings IS NOT NULL'] : []),
+      ...(byRef ? ['s.embedding IS NOT NULL', 'obj_ref <> $1'] : []),
+      ...(filter ? [filter.sql] : []),
+    ];
+    return `SELECT n.active_slot, ${byRef ? 's.embedding IS NOT NULL' : 'true'} AS found,
+                   h.obj_ref, h.item_id, h.content, h.metadata, 1 - h.distance AS score
+            FROM vector_namespaces n
+            ${settings}
+            ${source}
+            LEFT JOIN LATERAL (
+              SELECT obj_ref, item_id, content, metadata,
+                     embedding::vector(${d}) <=> ${query} AS distance
+              FROM ${partition}
+              WHERE ${conditions.join(' AND ')}
+              ORDER BY embedding::vector(${d}) <=> ${query}
+              LIMIT $2
+            ) h ON true
+            WHERE n.namespace = $3
+            ORDER BY h.distance`;
+  }
+
+  /** The plan of a filtered search by vector (EXPLAIN ANALYZE with `analyze`: it runs). */
+  async explainFilteredSearch(
+    table: string,
+    slot: Pick<SlotRow, 'id' | 'slot' | 'namespace' | 'dimension'>,
+    vector: number[],
+    filter: FilterNode,
+    limits: GuardedSearchLimits,
+    analyze = false,
+  ): Promise<string> {
+    const statement = this.guardedStatement(table, slot, { vector }, filter, limits);
+    const { rows } = await this.pool.query<{ 'QUERY PLAN': string }>({
+      ...statement,
+      text: `EXPLAIN ${analyze ? '(ANALYZE, COSTS OFF)' : ''} ${statement.text}`,
+    });
+    return rows.map((row) => row['QUERY PLAN']).join('\n');
+  }
+
   async stats(table: string, slotId: number): Promise<TableSlotStats> {
     const { rows } = await this.pool.query<{ rows: number; bytes: string }>(
       `SELECT (SELECT count(*)::int FROM ${this.tables.partition(table, slotId)}) AS rows,
@@ -466,4 +659,24 @@ export class VectorItemRepository {
     );
     return { rows: rows[0].rows, bytes: Number(rows[0].bytes) };
   }
+}
+
+/** The guarded statements' rows as hits (a row of nulls stands for no hit). */
+function toHits(rows: GuardedHit[]): SearchHit[] {
+  const hits: SearchHit[] = [];
+  for (const row of rows) {
+    if (row.obj_ref === null) continue;
+    hits.push({
+      obj_ref: row.obj_ref,
+      item_id: row.item_id,
+      content: row.content!,
+      metadata: row.metadata,
+      score: row.score!,
+    });
+  }
+  return hits;
+}
+
+function hitCount(rows: GuardedHit[]): number {
+  return rows.reduce((count, row) => count + (row.obj_ref === null ? 0 : 1), 0);
 }

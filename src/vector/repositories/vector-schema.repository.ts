@@ -34,7 +34,8 @@ const ITEM_COLUMNS = `
 
 /**
  * DDL of the item tables: one parent per registered table partitioned by slot id, one
- * partition per slot with a dimension check and an HNSW cosine index on `embedding::vector(D)`.
+ * partition per slot with a dimension check, an HNSW cosine index on `embedding::vector(D)` and
+ * a GIN index on `metadata jsonb_path_ops` (for filtered searches).
  */
 @Injectable()
 export class VectorSchemaRepository {
@@ -137,21 +138,32 @@ export class VectorSchemaRepository {
   }
 
   async indexState(table: string, slotId: number): Promise<IndexState> {
+    return this.indexStateOf(`${this.tables.partitionName(table, slotId)}_hnsw`);
+  }
+
+  /** The slot's metadata GIN index (see VectorTables.metadataIndex). */
+  async metadataIndexState(table: string, slotId: number): Promise<IndexState> {
+    return this.indexStateOf(this.tables.metadataIndexName(table, slotId));
+  }
+
+  private async indexStateOf(name: string): Promise<IndexState> {
     const { rows } = await this.pool.query<{ valid: boolean }>(
       `SELECT i.indisvalid AS valid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
        WHERE c.relname = $1 AND c.relnamespace = 'public'::regnamespace`,
-      [`${this.tables.partitionName(table, slotId)}_hnsw`],
+      [name],
     );
     return { exists: rows.length > 0, valid: rows[0]?.valid ?? false };
   }
 
   /**
-   * Builds the slot's HNSW index unless a valid one exists; an invalid one (a build that was
-   * interrupted) is dropped first. CONCURRENTLY by default, so upserts into the slot go on
-   * meanwhile; a rebuild builds its new slot's index plainly (faster: one pass, no validation
-   * scan), having sent upserts to the slot's side tables for that time. On the caller's
-   * connection (`on`), or one of its own outside the pool (a build takes seconds to minutes,
-   * and several at once must not starve the requests), ended afterwards with its settings.
+   * Builds the slot's HNSW index and its metadata GIN index, each unless a valid one exists; an
+   * invalid one (a build that was interrupted) is dropped first. CONCURRENTLY by default, so
+   * upserts into the slot go on meanwhile; a rebuild builds its new slot's indexes plainly
+   * (faster: one pass, no validation scan), after loading, having sent upserts to the slot's
+   * side tables for that time. On the caller's connection (`on`), or one of its own outside the
+   * pool (a build takes seconds to minutes, and several at once must not starve the requests),
+   * ended afterwards with its settings. Slots made before filtered search get their GIN index
+   * here, at start-up (IndexMaintenance).
    */
   async ensureIndex(
     table: string,
@@ -160,25 +172,37 @@ export class VectorSchemaRepository {
     settings: IndexSettings,
     { concurrently = true, on }: { concurrently?: boolean; on?: ClientBase } = {},
   ): Promise<'exists' | 'created'> {
-    const state = await this.indexState(table, slotId);
-    if (state.exists && state.valid) return 'exists';
-    const index = this.tables.index(table, slotId);
+    const hnsw = await this.indexState(table, slotId);
+    const metadata = await this.metadataIndexState(table, slotId);
+    if (hnsw.valid && metadata.valid) return 'exists';
     const own = on ? undefined : await this.connections.open('index-build');
     const client: ClientBase = on ?? own!;
+    const partition = this.tables.partition(table, slotId);
+    const mode = concurrently ? 'CONCURRENTLY' : '';
     try {
-      if (state.exists) await client.query(`DROP INDEX CONCURRENTLY IF EXISTS ${index}`);
       await client.query('SELECT set_config($1, $2, false)', [
         'maintenance_work_mem',
         settings.maintenanceWorkMem,
       ]);
       if (!settings.parallel) await client.query('SET max_parallel_maintenance_workers = 0');
-      await client.query(
-        `CREATE INDEX ${concurrently ? 'CONCURRENTLY' : ''} IF NOT EXISTS ${index}
-         ON ${this.tables.partition(table, slotId)}
-         USING hnsw ((embedding::vector(${dimensionOf(dimension)})) vector_cosine_ops)
-         WITH (m = ${Math.trunc(settings.m)}, ef_construction = ${Math.trunc(settings.efConstruction)})`,
-      );
-      await client.query(`ANALYZE ${this.tables.partition(table, slotId)}`);
+      if (!hnsw.valid) {
+        const index = this.tables.index(table, slotId);
+        if (hnsw.exists) await client.query(`DROP INDEX CONCURRENTLY IF EXISTS ${index}`);
+        await client.query(
+          `CREATE INDEX ${mode} IF NOT EXISTS ${index} ON ${partition}
+           USING hnsw ((embedding::vector(${dimensionOf(dimension)})) vector_cosine_ops)
+           WITH (m = ${Math.trunc(settings.m)}, ef_construction = ${Math.trunc(settings.efConstruction)})`,
+        );
+      }
+      if (!metadata.valid) {
+        const index = this.tables.metadataIndex(table, slotId);
+        if (metadata.exists) await client.query(`DROP INDEX CONCURRENTLY IF EXISTS ${index}`);
+        await client.query(
+          `CREATE INDEX ${mode} IF NOT EXISTS ${index} ON ${partition}
+           USING gin (metadata jsonb_path_ops)`,
+        );
+      }
+      await client.query(`ANALYZE ${partition}`);
       return 'created';
     } finally {
       if (own) await own.end().catch(() => undefined);
@@ -190,7 +214,7 @@ export class VectorSchemaRepository {
     }
   }
 
-  /** The index of a new, empty slot table, inside the creating transaction (instant). */
+  /** The indexes of a new, empty slot table, inside the creating transaction (instant). */
   async createEmptyIndex(
     client: PoolClient,
     table: string,
@@ -202,6 +226,10 @@ export class VectorSchemaRepository {
       `CREATE INDEX IF NOT EXISTS ${this.tables.index(table, slotId)} ON ${this.tables.partition(table, slotId)}
        USING hnsw ((embedding::vector(${dimensionOf(dimension)})) vector_cosine_ops)
        WITH (m = ${Math.trunc(settings.m)}, ef_construction = ${Math.trunc(settings.efConstruction)})`,
+    );
+    await client.query(
+      `CREATE INDEX IF NOT EXISTS ${this.tables.metadataIndex(table, slotId)}
+       ON ${this.tables.partition(table, slotId)} USING gin (metadata jsonb_path_ops)`,
     );
   }
 

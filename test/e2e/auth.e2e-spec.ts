@@ -53,6 +53,12 @@ const ROUTES: { method: 'get' | 'post' | 'delete'; path: string; needs: Level; b
   },
   { method: 'delete', path: '/api/v1/vector/lock/lock:auth:x', needs: 'admin' },
   { method: 'post', path: '/api/v1/vector/batch-delete', needs: 'write', body: {} },
+  { method: 'post', path: '/api/v1/vector/items/get', needs: 'read', body: {} },
+  {
+    method: 'get',
+    path: '/api/v1/vector/items?table_name=questions&namespace=auth-none',
+    needs: 'read',
+  },
   { method: 'delete', path: '/api/v1/vector/namespaces/auth-none', needs: 'admin' },
 ];
 

@@ -17,7 +17,63 @@ export function buildOpenApiDocument(app: NestFastifyApplication): OpenAPIObject
     )
     .addApiKey({ type: 'apiKey', in: 'header', name: 'X-API-Key' }, 'api-key')
     .build();
-  return SwaggerModule.createDocument(app, config);
+  const document = SwaggerModule.createDocument(app, config);
+  const schemas = (document.components?.schemas ?? {}) as Record<string, SchemaNode>;
+  for (const schema of Object.values(schemas)) describeAsValidated(schema, schemas);
+  return document;
+}
+
+interface SchemaNode {
+  $ref?: string;
+  type?: string;
+  nullable?: boolean;
+  default?: unknown;
+  allOf?: SchemaNode[];
+  required?: string[];
+  properties?: Record<string, SchemaNode>;
+  items?: SchemaNode;
+  [keyword: string]: unknown;
+}
+
+const SCHEMA_REF = '#/components/schemas/';
+
+/**
+ * Two things the generated schemas say otherwise than the service behaves, fixed here for every
+ * DTO, present and future (the Stoplight Prism contract test finds them):
+ * - A property with a default is optional: the validation pipe fills it in. The Nest CLI plugin
+ *   marks every property declared without `?` as required, defaults included.
+ * - A nullable object property is generated as `{nullable: true, allOf: [{$ref}]}`, which admits
+ *   no null under OpenAPI 3.0: `nullable` only widens a `type` beside it, and the referenced
+ *   schema still demands an object. The reference is inlined next to `type: object, nullable`,
+ *   which every 3.0 validator reads alike.
+ */
+function describeAsValidated(schema: SchemaNode, schemas: Record<string, SchemaNode>): void {
+  const properties = schema.properties;
+  if (properties) {
+    if (schema.required) {
+      const required = schema.required.filter((name) => properties[name]?.default === undefined);
+      if (required.length > 0) schema.required = required;
+      else delete schema.required;
+    }
+    for (const [name, property] of Object.entries(properties)) {
+      properties[name] = inlineNullableReference(property, schemas);
+      describeAsValidated(properties[name], schemas);
+    }
+  }
+  if (schema.items) describeAsValidated(schema.items, schemas);
+}
+
+function inlineNullableReference(
+  property: SchemaNode,
+  schemas: Record<string, SchemaNode>,
+): SchemaNode {
+  const reference = property.allOf?.length === 1 ? property.allOf[0].$ref : undefined;
+  if (!property.nullable || !reference?.startsWith(SCHEMA_REF)) return property;
+  const target = schemas[reference.slice(SCHEMA_REF.length)];
+  if (!target) return property;
+  const inlined: SchemaNode = { ...structuredClone(target), ...property };
+  delete inlined.allOf;
+  return { ...inlined, type: 'object', nullable: true };
 }
 
 /** Swagger UI at /api/docs and the JSON document at /api/docs-json (both open). */

@@ -1,9 +1,7 @@
 /* Response bodies, for the OpenAPI document (the Nest CLI plugin reads these classes). */
+import { FieldErrorDto } from '../../common/api-docs';
 
-export class FieldErrorDto {
-  field!: string;
-  message!: string;
-}
+export { FieldErrorDto };
 
 export class UpsertResponseDto {
   success!: boolean;

@@ -1,6 +1,8 @@
 import { Module } from '@nestjs/common';
 import { IndexMaintenance } from './index-maintenance.service';
 import { RebuildService } from './rebuild.service';
+import { StatisticsRepository } from './repositories/statistics.repository';
+import { StatisticsService } from './statistics.service';
 import { NamespaceRepository } from './repositories/namespace.repository';
 import { VectorItemRepository } from './repositories/vector-item.repository';
 import { VectorSchemaRepository } from './repositories/vector-schema.repository';
@@ -21,6 +23,8 @@ import { VectorTables } from './vector-tables';
     VectorService,
     RebuildService,
     IndexMaintenance,
+    StatisticsRepository,
+    StatisticsService,
   ],
 })
 export class VectorModule {}

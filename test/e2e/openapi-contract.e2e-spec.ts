@@ -37,7 +37,8 @@ interface Exchange {
   name: string;
   /** Concrete path, when the route's path has parameters. */
   path?: string;
-  query?: Record<string, string>;
+  /** A function when it depends on an earlier answer (e.g. a cursor). */
+  query?: Record<string, string> | (() => Record<string, string>);
   body?: unknown;
   headers?: Record<string, string>;
   /** Default: admin. `bad` sends a key the service does not know (Prism only checks presence). */
@@ -61,6 +62,8 @@ interface Context {
   missing: string;
   locks: LockFixture;
   lockKey: (name: string) => string;
+  /** Set from an answer, for a later request. */
+  cursor?: string;
 }
 
 const item = (ref: string) => ({ obj_ref: ref, content: `content of ${ref}` });
@@ -202,7 +205,23 @@ const exchanges = (c: Context): Record<string, Exchange[]> => ({
     },
   ],
   [`GET ${V}/statistics`]: [
-    { name: 'everything', as: 'read', status: 200 },
+    { name: 'first page', as: 'read', status: 200 },
+    {
+      name: 'a page of one',
+      as: 'read',
+      query: { limit: '1' },
+      status: 200,
+      check: (body) => {
+        expect(body.next_cursor).toEqual(expect.any(String));
+        c.cursor = body.next_cursor as string;
+      },
+    },
+    {
+      name: 'the next page, by cursor',
+      as: 'read',
+      query: () => ({ limit: '1', cursor: c.cursor! }),
+      status: 200,
+    },
     {
       name: 'one namespace and table',
       as: 'read',
@@ -211,6 +230,7 @@ const exchanges = (c: Context): Record<string, Exchange[]> => ({
     },
     { name: 'unknown namespace: 404', as: 'read', query: { namespace: c.missing }, status: 404 },
     { name: 'unregistered table: 400', as: 'read', query: { table_name: 'nope' }, status: 400 },
+    { name: 'forged cursor: 400', as: 'read', query: { cursor: 'forged' }, status: 400 },
     { name: 'unknown key: 401', as: 'bad', status: 401 },
   ],
   [`POST ${V}/rebuild-index`]: [
@@ -355,7 +375,8 @@ describe('the OpenAPI document is the contract (Stoplight Prism validating real 
   const send = async (route: string, exchange: Exchange) => {
     const [method, routePath] = route.split(' ');
     const url = new URL(exchange.path ?? routePath, prism.url);
-    for (const [name, value] of Object.entries(exchange.query ?? {})) {
+    const query = typeof exchange.query === 'function' ? exchange.query() : exchange.query;
+    for (const [name, value] of Object.entries(query ?? {})) {
       url.searchParams.set(name, value);
     }
     const caller = exchange.as ?? 'admin';

@@ -5,7 +5,6 @@ import { StatisticsQueryDto } from './dto/vector.dto';
 import {
   NamespaceWithSlots,
   SlotTable,
-  SlotTableCount,
   SlotTableFacts,
   StatisticsRepository,
 } from './repositories/statistics.repository';
@@ -16,6 +15,11 @@ export const STATISTICS_DEFAULT_LIMIT = 100;
 
 /** Reads of a page that found a slot table dropped under them before they give up (503). */
 const MAX_ATTEMPTS = 5;
+
+interface MeasuredSlotTable extends SlotTableFacts {
+  rows: number;
+  bytes: number;
+}
 
 export interface SlotStatistics {
   slot: number;
@@ -105,47 +109,51 @@ export class StatisticsService {
   }
 
   /**
-   * Facts, row counts and sizes of the slot tables that exist. A cleanup may drop one between
-   * the catalog read and the count (the count then fails on the missing table): the catalog is
-   * read again, and the dropped table is left out, as it would be had it gone a moment earlier.
+   * Facts, row counts and sizes of the slot tables that exist, keyed by partition name. A
+   * cleanup may detach and drop a table while the page is read: a table counted through its
+   * parent that is no longer attached afterwards, or has no size any more, is left out, as it
+   * would be had it gone a moment earlier; a standalone table dropped before its count makes
+   * the count fail, and the catalog is read again.
    */
-  private async measure(
-    slotTables: SlotTable[],
-  ): Promise<Map<string, SlotTableFacts & SlotTableCount>> {
+  private async measure(slotTables: SlotTable[]): Promise<Map<string, MeasuredSlotTable>> {
     for (let attempt = 1; ; attempt++) {
       const facts = await this.repository.slotTableFacts(slotTables);
       const existing = slotTables.flatMap((slotTable) => {
-        const found = facts.get(this.tables.partitionName(slotTable.table, slotTable.slotId));
-        return found ? [{ ...slotTable, ...found }] : [];
+        const name = this.tables.partitionName(slotTable.table, slotTable.slotId);
+        const found = facts.get(name);
+        return found ? [{ ...slotTable, ...found, name }] : [];
       });
+      let counts: Map<string, number>;
       try {
-        const counts = await this.repository.countAndSize(existing);
-        return new Map(
-          existing.flatMap((slotTable, i) =>
-            // No size: dropped between the count and the size.
-            counts[i].bytes === null
-              ? []
-              : [
-                  [
-                    this.tables.partitionName(slotTable.table, slotTable.slotId),
-                    { ...slotTable, ...counts[i] },
-                  ],
-                ],
-          ),
-        );
+        counts = await this.repository.countRows(existing);
       } catch (error) {
         if (!isUndefinedTable(error)) throw error;
         if (attempt >= MAX_ATTEMPTS) {
           throw new ServiceUnavailableException('Slot tables keep being dropped; retry.');
         }
+        continue;
       }
+      const sizes = await this.repository.sizes(existing.map((slotTable) => slotTable.oid));
+      const measured = new Map<string, MeasuredSlotTable>();
+      for (const slotTable of existing) {
+        const size = sizes.get(slotTable.oid);
+        if (size?.bytes == null) continue;
+        if (slotTable.attached && !size.attached) continue;
+        measured.set(slotTable.name, {
+          ...slotTable,
+          // Counted through the parent: no row means no rows.
+          rows: counts.get(slotTable.name) ?? 0,
+          bytes: size.bytes,
+        });
+      }
+      return measured;
     }
   }
 
   private describe(
     namespace: NamespaceWithSlots,
     tables: string[],
-    measured: Map<string, SlotTableFacts & SlotTableCount>,
+    measured: Map<string, MeasuredSlotTable>,
   ): NamespaceStatistics {
     const perTable: Record<string, { slots: SlotStatistics[] }> = {};
     for (const table of tables) {
@@ -158,7 +166,7 @@ export class StatisticsService {
               slot: slot.slot,
               status: slot.status,
               rows: found.rows,
-              size_bytes: found.bytes ?? 0,
+              size_bytes: found.bytes,
               index_present: found.index_present,
               index_valid: found.index_valid,
             },

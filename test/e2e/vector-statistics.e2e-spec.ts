@@ -194,6 +194,33 @@ describe('GET /statistics: keyset pages over many namespaces', () => {
     await statistics({ table_name: 'unregistered' }).expect(400);
   });
 
+  it('counts a slot table that is not attached (as a rebuild loads it) on its own', async () => {
+    const namespace = nameOf(20);
+    await upsert(namespace, 5);
+    await app.http
+      .post('/api/v1/vector/admin/rebuild-index-manual')
+      .send({ namespace })
+      .expect(200);
+    const { rows } = await pool.query<{ id: string }>(
+      'SELECT id FROM vector_slots WHERE namespace = $1 AND slot = 1',
+      [namespace],
+    );
+    const slot1 = `vec_questions_s${Number(rows[0].id)}`;
+    await pool.query(`ALTER TABLE vec_questions DETACH PARTITION ${slot1}`);
+    try {
+      const page = (await statistics({ namespace }).expect(200)).body as StatisticsPage;
+      expect(page.namespaces[0].tables.questions.slots).toEqual([
+        expect.objectContaining({ slot: 1, status: 'retired', rows: 5 }) as unknown,
+        expect.objectContaining({ slot: 2, status: 'active', rows: 5 }) as unknown,
+      ]);
+      expect(page.summary).toMatchObject({ slots: 2, rows: 10 });
+    } finally {
+      await pool.query(
+        `ALTER TABLE vec_questions ATTACH PARTITION ${slot1} FOR VALUES IN (${Number(rows[0].id)})`,
+      );
+    }
+  });
+
   it('leaves out a slot that cleanup drops while a page is read, and never answers 500', async () => {
     const namespace = nameOf(3);
     await upsert(namespace, 4);

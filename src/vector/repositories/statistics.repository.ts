@@ -1,6 +1,7 @@
 import { Inject, Injectable } from '@nestjs/common';
 import { Pool } from 'pg';
 import { PG_POOL } from '../../database/database.constants';
+import { withTransaction } from '../../database/transaction';
 import { SlotRow } from '../vector.types';
 import { VectorTables } from '../vector-tables';
 
@@ -19,23 +20,26 @@ export interface SlotTable {
   slotId: number;
 }
 
-/** What the catalog says about a slot table: its oid (if it exists) and its HNSW index. */
+/** What the catalog says about a slot table: its oid, whether it is attached, its HNSW index. */
 export interface SlotTableFacts {
   oid: number;
+  /** Attached to its table's parent: counted through the parent (see countRows). */
+  attached: boolean;
   index_present: boolean;
   index_valid: boolean;
 }
 
-export interface SlotTableCount {
-  rows: number;
-  /** Null when the table was dropped after it was found (pg_total_relation_size of a gone oid). */
+/** A slot table's size and whether it is still attached, read after its rows were counted. */
+export interface SlotTableSize {
+  /** Null when the table is gone (pg_total_relation_size of a dropped oid). */
   bytes: number | null;
+  attached: boolean;
 }
 
 /**
  * Statistics read in a few set-based statements per page, whatever the number of namespaces:
  * the page's namespaces with their slots, the catalog facts of every slot table of the page,
- * then exact row counts and sizes (see countAndSize).
+ * exact row counts, then sizes.
  */
 @Injectable()
 export class StatisticsRepository {
@@ -70,14 +74,14 @@ export class StatisticsRepository {
   }
 
   /**
-   * Which of the given slot tables exist, with their index's presence and validity: catalog
-   * reads only, no table locks, one statement for the whole page.
+   * Which of the given slot tables exist, whether they are attached, and their index's presence
+   * and validity: catalog reads only, no table locks, one statement for the whole page.
    */
   async slotTableFacts(slotTables: SlotTable[]): Promise<Map<string, SlotTableFacts>> {
     if (slotTables.length === 0) return new Map();
     const names = slotTables.map(({ table, slotId }) => this.tables.partitionName(table, slotId));
     const { rows } = await this.pool.query<SlotTableFacts & { name: string }>(
-      `SELECT c.relname AS name, c.oid::int8::float8 AS oid,
+      `SELECT c.relname AS name, c.oid::int8::float8 AS oid, c.relispartition AS attached,
               i.indexrelid IS NOT NULL AS index_present, COALESCE(i.indisvalid, false) AS index_valid
        FROM pg_class c
        LEFT JOIN pg_class ic ON ic.relname = c.relname || '_hnsw'
@@ -91,35 +95,76 @@ export class StatisticsRepository {
   }
 
   /**
-   * Exact row counts (count(*) per table) and total sizes of existing slot tables: one UNION ALL
-   * statement per chunk of tables, so a page of 100 namespaces is one statement. Chunked because
-   * one statement holds a lock on every table and index it reads until it ends, and the shared
-   * lock table is sized for about 64 per connection. A table dropped meanwhile makes the
-   * statement fail with 42P01 (the caller reads the catalog again); identifiers are built by
-   * VectorTables from numeric slot ids and registered names, and quoted.
+   * Exact row counts, keyed by partition name; an attached table without rows has no entry.
+   * Attached tables are counted through their parent, `WHERE slot_id = ANY(…) GROUP BY slot_id`:
+   * the planner prunes to the listed partitions, and that costs a tenth of one `count(*)` per
+   * table (measured on 200 one-row tables: 12–29 ms against 90–360 ms), whose per-statement
+   * planning and start-up dominate when tables are small. Tables not attached (a rebuild's
+   * building slot) are counted one by one in the same statement; if one is dropped meanwhile
+   * the statement fails with 42P01 and the caller reads the catalog again. Chunked: a
+   * statement holds a lock on every table and index it reads until it ends, and the shared
+   * lock table is sized for about 64 per connection. Serial plan, no JIT: over a few hundred
+   * small partitions the planner picks a parallel append, and starting its workers took
+   * 50–300 ms against 1–5 ms of execution.
    */
-  async countAndSize(slotTables: (SlotTable & { oid: number })[]): Promise<SlotTableCount[]> {
-    const counts: SlotTableCount[] = [];
+  async countRows(slotTables: (SlotTable & { attached: boolean })[]): Promise<Map<string, number>> {
+    const counts = new Map<string, number>();
     for (let start = 0; start < slotTables.length; start += COUNT_CHUNK) {
       const chunk = slotTables.slice(start, start + COUNT_CHUNK);
-      const branches = chunk.map(
-        ({ table, slotId }, i) =>
-          `SELECT ${i} AS k, (SELECT count(*) FROM ${this.tables.partition(table, slotId)})::float8 AS rows,
-                  pg_total_relation_size($${i + 1}::oid::regclass)::float8 AS bytes`,
-      );
-      const { rows } = await this.pool.query<SlotTableCount & { k: number }>(
-        branches.join('\nUNION ALL\n'),
-        chunk.map(({ oid }) => oid),
-      );
-      const byKey = new Map(rows.map((row) => [row.k, row]));
-      for (let i = 0; i < chunk.length; i++) {
-        const row = byKey.get(i)!;
-        counts.push({ rows: row.rows, bytes: row.bytes });
+      const branches: string[] = [];
+      const params: number[][] = [];
+      for (const [t, table] of this.tables.names.entries()) {
+        const attached = chunk.filter((s) => s.table === table && s.attached).map((s) => s.slotId);
+        if (attached.length > 0) {
+          params.push(attached);
+          branches.push(
+            `SELECT ${t} AS t, slot_id::float8 AS slot_id, count(*)::float8 AS rows
+             FROM ${this.tables.parent(table)} WHERE slot_id = ANY($${params.length}::bigint[])
+             GROUP BY slot_id`,
+          );
+        }
+        for (const { slotId } of chunk.filter((s) => s.table === table && !s.attached)) {
+          branches.push(
+            `SELECT ${t} AS t, ${slotId}::float8 AS slot_id, count(*)::float8 AS rows
+             FROM ${this.tables.partition(table, slotId)}`,
+          );
+        }
+      }
+      const rows = await withTransaction(this.pool, async (client) => {
+        await client.query(SERIAL_PLAN);
+        const result = await client.query<{ t: number; slot_id: number; rows: number }>(
+          branches.join('\nUNION ALL\n'),
+          params,
+        );
+        return result.rows;
+      });
+      for (const row of rows) {
+        counts.set(this.tables.partitionName(this.tables.names[row.t], row.slot_id), row.rows);
       }
     }
     return counts;
   }
+
+  /**
+   * Total sizes (indexes and TOAST included) and whether each table is still attached, by oid,
+   * in one statement: after the counts, so that a table detached or dropped meanwhile (by a
+   * cleanup) is seen as such.
+   */
+  async sizes(oids: number[]): Promise<Map<number, SlotTableSize>> {
+    if (oids.length === 0) return new Map();
+    const { rows } = await this.pool.query<SlotTableSize & { oid: number }>(
+      `SELECT o.oid::int8::float8 AS oid, pg_total_relation_size(o.oid::regclass)::float8 AS bytes,
+              COALESCE(c.relispartition, false) AS attached
+       FROM unnest($1::oid[]) AS o(oid) LEFT JOIN pg_class c ON c.oid = o.oid`,
+      [oids],
+    );
+    return new Map(rows.map(({ oid, ...size }) => [oid, size]));
+  }
 }
 
+/** For the count's transaction only (see countRows). */
+const SERIAL_PLAN = `SELECT set_config('max_parallel_workers_per_gather', '0', true),
+                            set_config('jit', 'off', true)`;
+
 /** Slot tables per count statement (a table, its primary key and HNSW index: 3 locks each). */
-const COUNT_CHUNK = 200;
+const COUNT_CHUNK = 128;

@@ -245,7 +245,10 @@ export class VectorService {
       this.embedder.model,
       this.embedder.dimension,
     );
-    await this.schema.createSlotTables(client, slot!.id, slot!.dimension, true);
+    // Tables and indexes first, attached last: ATTACH takes its parent's SHARE UPDATE EXCLUSIVE
+    // lock (self-conflicting) until commit, so namespaces created at the same time wait for
+    // each other from their first ATTACH on; what comes before it runs side by side.
+    await this.schema.createSlotTables(client, slot!.id, slot!.dimension, false);
     for (const table of this.tables.names) {
       await this.schema.createEmptyIndex(
         client,
@@ -255,6 +258,7 @@ export class VectorService {
         await this.settings.indexSettings(),
       );
     }
+    for (const table of this.tables.names) await this.schema.attach(client, table, slot!.id);
     return (await this.namespaces.lockForWrite(client, namespace))!;
   }
 

@@ -1,5 +1,7 @@
+import { ModulesContainer, Reflector } from '@nestjs/core';
 import { NestFastifyApplication } from '@nestjs/platform-fastify';
 import { DocumentBuilder, OpenAPIObject, SwaggerModule } from '@nestjs/swagger';
+import { REQUIRED_SCOPE } from '../auth/auth.decorators';
 
 export const DOCS_PATH = 'api/docs';
 export const DOCS_JSON_PATH = 'api/docs-json';
@@ -20,7 +22,77 @@ export function buildOpenApiDocument(app: NestFastifyApplication): OpenAPIObject
   const document = SwaggerModule.createDocument(app, config);
   const schemas = (document.components?.schemas ?? {}) as Record<string, SchemaNode>;
   for (const schema of Object.values(schemas)) describeAsValidated(schema, schemas);
+  describeScopes(document, scopesByOperationId(app));
   return document;
+}
+
+type RouteScope = 'public' | 'read' | 'write' | 'admin';
+
+/**
+ * The scope each route needs, read from the same @RequireScope metadata the guard reads
+ * (default `read`), keyed by the document's operation ids (`Controller_method`).
+ */
+function scopesByOperationId(app: NestFastifyApplication): Map<string, RouteScope> {
+  const reflector = new Reflector();
+  const scopes = new Map<string, RouteScope>();
+  for (const module of app.get(ModulesContainer).values()) {
+    for (const wrapper of module.controllers.values()) {
+      const controller = wrapper.metatype as (new (...args: never[]) => unknown) | null;
+      if (!controller?.prototype) continue;
+      const prototype = controller.prototype as Record<string, unknown>;
+      for (const name of Object.getOwnPropertyNames(prototype)) {
+        const handler = prototype[name];
+        if (name === 'constructor' || typeof handler !== 'function') continue;
+        const scope =
+          reflector.getAllAndOverride<RouteScope | undefined>(REQUIRED_SCOPE, [
+            handler as () => unknown,
+            controller,
+          ]) ?? 'read';
+        scopes.set(`${controller.name}_${name}`, scope);
+      }
+    }
+  }
+  return scopes;
+}
+
+const SCOPE_TEXT: Record<RouteScope, string> = {
+  public: 'Open: no API key needed.',
+  read: 'API key scope: read (or write, admin).',
+  write: 'API key scope: write (or admin). Rate-limited per key (429).',
+  admin: 'API key scope: admin. Rate-limited per key (429).',
+};
+
+/**
+ * Each operation names its scope (`x-required-scope`, and a line of its description); the
+ * rate-limited ones (write and admin, see RateLimitGuard) document their 429.
+ */
+function describeScopes(document: OpenAPIObject, scopes: Map<string, RouteScope>): void {
+  for (const path of Object.values(document.paths)) {
+    for (const operation of [path.get, path.put, path.post, path.delete, path.patch]) {
+      const scope = operation?.operationId ? scopes.get(operation.operationId) : undefined;
+      if (!operation || !scope) continue;
+      (operation as unknown as Record<string, unknown>)['x-required-scope'] = scope;
+      operation.description = [operation.description, SCOPE_TEXT[scope]]
+        .filter(Boolean)
+        .join('\n\n');
+      if ((scope === 'write' || scope === 'admin') && !operation.responses['429']) {
+        operation.responses['429'] = {
+          description: 'Rate limit of the API key exceeded (Retry-After)',
+          headers: {
+            'Retry-After': {
+              description: 'Seconds to wait before retrying',
+              schema: { type: 'integer' },
+            },
+          },
+          content: {
+            'application/problem+json': {
+              schema: { $ref: '#/components/schemas/ProblemDetailsDto' },
+            },
+          },
+        };
+      }
+    }
+  }
 }
 
 interface SchemaNode {

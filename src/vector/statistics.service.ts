@@ -2,7 +2,9 @@ import { Injectable, ServiceUnavailableException } from '@nestjs/common';
 import { invalidRequest } from '../common/validation';
 import { isUndefinedTable } from '../database/database-errors';
 import { StatisticsQueryDto } from './dto/vector.dto';
+import { ClientBase } from 'pg';
 import {
+  MEASURE_CHUNK,
   NamespaceWithSlots,
   SlotTable,
   SlotTableFacts,
@@ -115,39 +117,48 @@ export class StatisticsService {
    * would be had it gone a moment earlier; a standalone table dropped before its count makes
    * the count fail, and the catalog is read again.
    */
-  private async measure(slotTables: SlotTable[]): Promise<Map<string, MeasuredSlotTable>> {
-    for (let attempt = 1; ; attempt++) {
-      const facts = await this.repository.slotTableFacts(slotTables);
-      const existing = slotTables.flatMap((slotTable) => {
-        const name = this.tables.partitionName(slotTable.table, slotTable.slotId);
-        const found = facts.get(name);
-        return found ? [{ ...slotTable, ...found, name }] : [];
-      });
-      let counts: Map<string, number>;
-      try {
-        counts = await this.repository.countRows(existing);
-      } catch (error) {
-        if (!isUndefinedTable(error)) throw error;
-        if (attempt >= MAX_ATTEMPTS) {
-          throw new ServiceUnavailableException('Slot tables keep being dropped; retry.');
+  private measure(slotTables: SlotTable[]): Promise<Map<string, MeasuredSlotTable>> {
+    return this.repository.session(async (db) => {
+      for (let attempt = 1; ; attempt++) {
+        try {
+          return await this.measureOn(db, slotTables);
+        } catch (error) {
+          if (!isUndefinedTable(error)) throw error;
+          if (attempt >= MAX_ATTEMPTS) {
+            throw new ServiceUnavailableException('Slot tables keep being dropped; retry.');
+          }
         }
-        continue;
       }
-      const sizes = await this.repository.sizes(existing.map((slotTable) => slotTable.oid));
-      const measured = new Map<string, MeasuredSlotTable>();
-      for (const slotTable of existing) {
+    });
+  }
+
+  private async measureOn(
+    db: ClientBase,
+    slotTables: SlotTable[],
+  ): Promise<Map<string, MeasuredSlotTable>> {
+    const facts = await this.repository.slotTableFacts(db, slotTables);
+    const existing = slotTables.flatMap((slotTable) => {
+      const name = this.tables.partitionName(slotTable.table, slotTable.slotId);
+      const found = facts.get(name);
+      return found ? [{ ...slotTable, ...found, name }] : [];
+    });
+    const measured = new Map<string, MeasuredSlotTable>();
+    for (let start = 0; start < existing.length; start += MEASURE_CHUNK) {
+      const chunk = existing.slice(start, start + MEASURE_CHUNK);
+      const { rows, sizes } = await this.repository.countAndSize(db, chunk);
+      for (const slotTable of chunk) {
         const size = sizes.get(slotTable.oid);
         if (size?.bytes == null) continue;
         if (slotTable.attached && !size.attached) continue;
         measured.set(slotTable.name, {
           ...slotTable,
           // Counted through the parent: no row means no rows.
-          rows: counts.get(slotTable.name) ?? 0,
+          rows: rows.get(slotTable.name) ?? 0,
           bytes: size.bytes,
         });
       }
-      return measured;
     }
+    return measured;
   }
 
   private describe(

@@ -316,7 +316,10 @@ const exchanges = (c: Context): Record<string, Exchange[]> => ({
 });
 
 interface OpenApiDocument {
-  paths: Record<string, Record<string, unknown>>;
+  paths: Record<
+    string,
+    Record<string, { security?: unknown[]; 'x-required-scope'?: string; responses?: object }>
+  >;
 }
 
 const HTTP_METHODS = new Set(['get', 'put', 'post', 'delete', 'patch', 'head', 'options']);
@@ -405,6 +408,28 @@ describe('the OpenAPI document is the contract (Stoplight Prism validating real 
     }).toEqual({ withoutExchanges: [], notDocumented: [] });
     for (const [route, cases] of Object.entries(table)) {
       expect([route, cases.some((exchange) => exchange.status < 300)]).toEqual([route, true]);
+    }
+  });
+
+  it('names the scope of every route; secured routes need a key, write and admin ones document 429', () => {
+    for (const [path, operations] of Object.entries(document.paths)) {
+      for (const [method, operation] of Object.entries(operations)) {
+        if (!HTTP_METHODS.has(method)) continue;
+        const scope = operation['x-required-scope'];
+        const secured = (operation.security?.length ?? 0) > 0;
+        expect([method, path, scope, secured]).toEqual([
+          method,
+          path,
+          secured ? expect.stringMatching(/^(read|write|admin)$/) : 'public',
+          secured,
+        ]);
+        const limited = scope === 'write' || scope === 'admin';
+        expect([method, path, Object.keys(operation.responses ?? {}).includes('429')]).toEqual([
+          method,
+          path,
+          limited,
+        ]);
+      }
     }
   });
 

@@ -1,7 +1,7 @@
 import { Inject, Injectable } from '@nestjs/common';
-import { Pool } from 'pg';
+import { ClientBase, Pool } from 'pg';
 import { PG_POOL } from '../../database/database.constants';
-import { withTransaction } from '../../database/transaction';
+import { withTransactionOn } from '../../database/transaction';
 import { SlotRow } from '../vector.types';
 import { VectorTables } from '../vector-tables';
 
@@ -77,10 +77,13 @@ export class StatisticsRepository {
    * Which of the given slot tables exist, whether they are attached, and their index's presence
    * and validity: catalog reads only, no table locks, one statement for the whole page.
    */
-  async slotTableFacts(slotTables: SlotTable[]): Promise<Map<string, SlotTableFacts>> {
+  async slotTableFacts(
+    db: ClientBase,
+    slotTables: SlotTable[],
+  ): Promise<Map<string, SlotTableFacts>> {
     if (slotTables.length === 0) return new Map();
     const names = slotTables.map(({ table, slotId }) => this.tables.partitionName(table, slotId));
-    const { rows } = await this.pool.query<SlotTableFacts & { name: string }>(
+    const { rows } = await db.query<SlotTableFacts & { name: string }>(
       `SELECT c.relname AS name, c.oid::int8::float8 AS oid, c.relispartition AS attached,
               i.indexrelid IS NOT NULL AS index_present, COALESCE(i.indisvalid, false) AS index_valid
        FROM pg_class c
@@ -95,76 +98,96 @@ export class StatisticsRepository {
   }
 
   /**
-   * Exact row counts, keyed by partition name; an attached table without rows has no entry.
+   * One connection for the reads of a page: Postgres builds a backend's cache entry for each
+   * table and index the first time that backend opens it, which is most of what a page costs
+   * on tables it has not seen; counts and sizes on one backend pay for that once, not twice.
+   */
+  async session<T>(work: (db: ClientBase) => Promise<T>): Promise<T> {
+    const client = await this.pool.connect();
+    try {
+      return await work(client);
+    } finally {
+      client.release();
+    }
+  }
+
+  /**
+   * Exact row counts (keyed by partition name; an attached table without rows has none), then
+   * total sizes (indexes and TOAST included) and whether each table is still attached (by oid),
+   * for at most MEASURE_CHUNK slot tables, in one short transaction.
+   *
    * Attached tables are counted through their parent, `WHERE slot_id = ANY(…) GROUP BY slot_id`:
    * the planner prunes to the listed partitions, and that costs a tenth of one `count(*)` per
    * table (measured on 200 one-row tables: 12–29 ms against 90–360 ms), whose per-statement
    * planning and start-up dominate when tables are small. Tables not attached (a rebuild's
    * building slot) are counted one by one in the same statement; if one is dropped meanwhile
-   * the statement fails with 42P01 and the caller reads the catalog again. Chunked: a
-   * statement holds a lock on every table and index it reads until it ends, and the shared
-   * lock table is sized for about 64 per connection. Serial plan, no JIT: over a few hundred
-   * small partitions the planner picks a parallel append, and starting its workers took
-   * 50–300 ms against 1–5 ms of execution.
+   * the statement fails with 42P01 and the caller reads the catalog again. Serial plan, no JIT:
+   * over a few hundred small partitions the planner picks a parallel append, and starting its
+   * workers took 50–300 ms against 1–5 ms of execution.
+   *
+   * Sizes come after the counts, so that a table a cleanup detached or dropped meanwhile is
+   * seen as such. Chunked because a transaction holds a lock on every table and index it
+   * opened until it ends, and the shared lock table is sized for about 64 per connection.
    */
-  async countRows(slotTables: (SlotTable & { attached: boolean })[]): Promise<Map<string, number>> {
-    const counts = new Map<string, number>();
-    for (let start = 0; start < slotTables.length; start += COUNT_CHUNK) {
-      const chunk = slotTables.slice(start, start + COUNT_CHUNK);
-      const branches: string[] = [];
-      const params: number[][] = [];
-      for (const [t, table] of this.tables.names.entries()) {
-        const attached = chunk.filter((s) => s.table === table && s.attached).map((s) => s.slotId);
-        if (attached.length > 0) {
-          params.push(attached);
-          branches.push(
-            `SELECT ${t} AS t, slot_id::float8 AS slot_id, count(*)::float8 AS rows
-             FROM ${this.tables.parent(table)} WHERE slot_id = ANY($${params.length}::bigint[])
-             GROUP BY slot_id`,
-          );
-        }
-        for (const { slotId } of chunk.filter((s) => s.table === table && !s.attached)) {
-          branches.push(
-            `SELECT ${t} AS t, ${slotId}::float8 AS slot_id, count(*)::float8 AS rows
-             FROM ${this.tables.partition(table, slotId)}`,
-          );
-        }
-      }
-      const rows = await withTransaction(this.pool, async (client) => {
-        await client.query(SERIAL_PLAN);
-        const result = await client.query<{ t: number; slot_id: number; rows: number }>(
-          branches.join('\nUNION ALL\n'),
-          params,
+  async countAndSize(
+    db: ClientBase,
+    chunk: (SlotTable & { attached: boolean; oid: number })[],
+  ): Promise<{ rows: Map<string, number>; sizes: Map<number, SlotTableSize> }> {
+    const branches: string[] = [];
+    const params: number[][] = [];
+    for (const [t, table] of this.tables.names.entries()) {
+      const attached = chunk.filter((s) => s.table === table && s.attached).map((s) => s.slotId);
+      if (attached.length > 0) {
+        params.push(attached);
+        branches.push(
+          `SELECT ${t} AS t, slot_id::float8 AS slot_id, count(*)::float8 AS rows
+           FROM ${this.tables.parent(table)} WHERE slot_id = ANY($${params.length}::bigint[])
+           GROUP BY slot_id`,
         );
-        return result.rows;
-      });
-      for (const row of rows) {
-        counts.set(this.tables.partitionName(this.tables.names[row.t], row.slot_id), row.rows);
+      }
+      for (const { slotId } of chunk.filter((s) => s.table === table && !s.attached)) {
+        branches.push(
+          `SELECT ${t} AS t, ${slotId}::float8 AS slot_id, count(*)::float8 AS rows
+           FROM ${this.tables.partition(table, slotId)}`,
+        );
       }
     }
-    return counts;
-  }
-
-  /**
-   * Total sizes (indexes and TOAST included) and whether each table is still attached, by oid,
-   * in one statement: after the counts, so that a table detached or dropped meanwhile (by a
-   * cleanup) is seen as such.
-   */
-  async sizes(oids: number[]): Promise<Map<number, SlotTableSize>> {
-    if (oids.length === 0) return new Map();
-    const { rows } = await this.pool.query<SlotTableSize & { oid: number }>(
-      `SELECT o.oid::int8::float8 AS oid, pg_total_relation_size(o.oid::regclass)::float8 AS bytes,
-              COALESCE(c.relispartition, false) AS attached
-       FROM unnest($1::oid[]) AS o(oid) LEFT JOIN pg_class c ON c.oid = o.oid`,
-      [oids],
-    );
-    return new Map(rows.map(({ oid, ...size }) => [oid, size]));
+    return withTransactionOn(db, async (client) => {
+      await client.query(SERIAL_PLAN);
+      const counted =
+        branches.length === 0
+          ? []
+          : (
+              await client.query<{ t: number; slot_id: number; rows: number }>(
+                branches.join('\nUNION ALL\n'),
+                params,
+              )
+            ).rows;
+      const sized = await client.query<SlotTableSize & { oid: number }>(
+        `SELECT o.oid::int8::float8 AS oid, pg_total_relation_size(o.oid::regclass)::float8 AS bytes,
+                COALESCE(c.relispartition, false) AS attached
+         FROM unnest($1::oid[]) AS o(oid) LEFT JOIN pg_class c ON c.oid = o.oid`,
+        [chunk.map(({ oid }) => oid)],
+      );
+      return {
+        rows: new Map(
+          counted.map((row) => [
+            this.tables.partitionName(this.tables.names[row.t], row.slot_id),
+            row.rows,
+          ]),
+        ),
+        sizes: new Map(sized.rows.map(({ oid, ...size }) => [oid, size])),
+      };
+    });
   }
 }
 
-/** For the count's transaction only (see countRows). */
+/** For the count's transaction only (see countAndSize). */
 const SERIAL_PLAN = `SELECT set_config('max_parallel_workers_per_gather', '0', true),
                             set_config('jit', 'off', true)`;
 
-/** Slot tables per count statement (a table, its primary key and HNSW index: 3 locks each). */
-const COUNT_CHUNK = 128;
+/**
+ * Slot tables per transaction of countAndSize: each holds locks on a table, its primary key,
+ * HNSW index, TOAST table and TOAST index until the transaction ends.
+ */
+export const MEASURE_CHUNK = 64;

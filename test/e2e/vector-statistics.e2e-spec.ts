@@ -221,6 +221,28 @@ describe('GET /statistics: keyset pages over many namespaces', () => {
     }
   });
 
+  it('gives its connection back to the pool with the planner settings it changed reset', async () => {
+    const { rows: defaults } = await pool.query<{ workers: string; jit: string }>(
+      `SELECT reset_val AS workers, (SELECT reset_val FROM pg_settings WHERE name = 'jit') AS jit
+       FROM pg_settings WHERE name = 'max_parallel_workers_per_gather'`,
+    );
+    await Promise.all([statistics({ limit: 50 }), statistics({ limit: 50 })]);
+    const clients = await Promise.all(
+      Array.from({ length: pool.totalCount }, () => pool.connect()),
+    );
+    try {
+      for (const client of clients) {
+        const { rows } = await client.query<{ workers: string; jit: string }>(
+          `SELECT current_setting('max_parallel_workers_per_gather') AS workers,
+                  current_setting('jit') AS jit`,
+        );
+        expect(rows[0]).toEqual(defaults[0]);
+      }
+    } finally {
+      for (const client of clients) client.release();
+    }
+  });
+
   it('leaves out a slot that cleanup drops while a page is read, and never answers 500', async () => {
     const namespace = nameOf(3);
     await upsert(namespace, 4);

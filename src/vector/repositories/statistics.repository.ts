@@ -1,7 +1,6 @@
 import { Inject, Injectable } from '@nestjs/common';
 import { ClientBase, Pool } from 'pg';
 import { PG_POOL } from '../../database/database.constants';
-import { withTransactionOn } from '../../database/transaction';
 import { SlotRow } from '../vector.types';
 import { VectorTables } from '../vector-tables';
 
@@ -101,33 +100,42 @@ export class StatisticsRepository {
    * One connection for the reads of a page: Postgres builds a backend's cache entry for each
    * table and index the first time that backend opens it, which is most of what a page costs
    * on tables it has not seen; counts and sizes on one backend pay for that once, not twice.
+   * Serial plans and no JIT on it meanwhile (see countAndSize), reset before it goes back to
+   * the pool (a connection that cannot be reset is discarded).
    */
   async session<T>(work: (db: ClientBase) => Promise<T>): Promise<T> {
     const client = await this.pool.connect();
+    let broken: Error | undefined;
     try {
+      await client.query(SERIAL_PLAN);
       return await work(client);
     } finally {
-      client.release();
+      await client
+        .query('RESET max_parallel_workers_per_gather; RESET jit')
+        .catch((error: Error) => {
+          broken = error;
+        });
+      client.release(broken);
     }
   }
 
   /**
    * Exact row counts (keyed by partition name; an attached table without rows has none), then
    * total sizes (indexes and TOAST included) and whether each table is still attached (by oid),
-   * for at most MEASURE_CHUNK slot tables, in one short transaction.
+   * for at most MEASURE_CHUNK slot tables, in two statements on a connection of `session`.
    *
    * Attached tables are counted through their parent, `WHERE slot_id = ANY(…) GROUP BY slot_id`:
    * the planner prunes to the listed partitions, and that costs a tenth of one `count(*)` per
    * table (measured on 200 one-row tables: 12–29 ms against 90–360 ms), whose per-statement
    * planning and start-up dominate when tables are small. Tables not attached (a rebuild's
    * building slot) are counted one by one in the same statement; if one is dropped meanwhile
-   * the statement fails with 42P01 and the caller reads the catalog again. Serial plan, no JIT:
-   * over a few hundred small partitions the planner picks a parallel append, and starting its
-   * workers took 50–300 ms against 1–5 ms of execution.
+   * the statement fails with 42P01 and the caller reads the catalog again. Serial plan, no JIT
+   * (set by `session`): over a few hundred small partitions the planner picks a parallel
+   * append, and starting its workers took 50–300 ms against 1–5 ms of execution.
    *
    * Sizes come after the counts, so that a table a cleanup detached or dropped meanwhile is
-   * seen as such. Chunked because a transaction holds a lock on every table and index it
-   * opened until it ends, and the shared lock table is sized for about 64 per connection.
+   * seen as such. Chunked because a statement holds a lock on every table and index it opened
+   * until it ends, and the shared lock table is sized for about 64 per connection.
    */
   async countAndSize(
     db: ClientBase,
@@ -152,42 +160,39 @@ export class StatisticsRepository {
         );
       }
     }
-    return withTransactionOn(db, async (client) => {
-      await client.query(SERIAL_PLAN);
-      const counted =
-        branches.length === 0
-          ? []
-          : (
-              await client.query<{ t: number; slot_id: number; rows: number }>(
-                branches.join('\nUNION ALL\n'),
-                params,
-              )
-            ).rows;
-      const sized = await client.query<SlotTableSize & { oid: number }>(
-        `SELECT o.oid::int8::float8 AS oid, pg_total_relation_size(o.oid::regclass)::float8 AS bytes,
-                COALESCE(c.relispartition, false) AS attached
-         FROM unnest($1::oid[]) AS o(oid) LEFT JOIN pg_class c ON c.oid = o.oid`,
-        [chunk.map(({ oid }) => oid)],
-      );
-      return {
-        rows: new Map(
-          counted.map((row) => [
-            this.tables.partitionName(this.tables.names[row.t], row.slot_id),
-            row.rows,
-          ]),
-        ),
-        sizes: new Map(sized.rows.map(({ oid, ...size }) => [oid, size])),
-      };
-    });
+    const counted =
+      branches.length === 0
+        ? []
+        : (
+            await db.query<{ t: number; slot_id: number; rows: number }>(
+              branches.join('\nUNION ALL\n'),
+              params,
+            )
+          ).rows;
+    const sized = await db.query<SlotTableSize & { oid: number }>(
+      `SELECT o.oid::int8::float8 AS oid, pg_total_relation_size(o.oid::regclass)::float8 AS bytes,
+              COALESCE(c.relispartition, false) AS attached
+       FROM unnest($1::oid[]) AS o(oid) LEFT JOIN pg_class c ON c.oid = o.oid`,
+      [chunk.map(({ oid }) => oid)],
+    );
+    return {
+      rows: new Map(
+        counted.map((row) => [
+          this.tables.partitionName(this.tables.names[row.t], row.slot_id),
+          row.rows,
+        ]),
+      ),
+      sizes: new Map(sized.rows.map(({ oid, ...size }) => [oid, size])),
+    };
   }
 }
 
-/** For the count's transaction only (see countAndSize). */
-const SERIAL_PLAN = `SELECT set_config('max_parallel_workers_per_gather', '0', true),
-                            set_config('jit', 'off', true)`;
+/** For a statistics session only (see session and countAndSize). */
+const SERIAL_PLAN = `SELECT set_config('max_parallel_workers_per_gather', '0', false),
+                            set_config('jit', 'off', false)`;
 
 /**
- * Slot tables per transaction of countAndSize: each holds locks on a table, its primary key,
- * HNSW index, TOAST table and TOAST index until the transaction ends.
+ * Slot tables per countAndSize: its statements lock each table, its primary key, HNSW index,
+ * TOAST table and TOAST index until they end.
  */
 export const MEASURE_CHUNK = 64;

@@ -147,7 +147,7 @@ export class VectorController {
   @Get('statistics')
   @ApiOperation({
     summary:
-      'Rows, status, sizes and index state per namespace, table and slot, a page of namespaces at a time (read)',
+      'Rows, status, sizes and index state per namespace, table and slot, a page of namespaces at a time',
   })
   @ApiOkResponse({ type: StatisticsResponseDto })
   @ApiNotFound()

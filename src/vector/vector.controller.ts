@@ -39,6 +39,7 @@ import {
   UpsertResponseDto,
 } from './dto/responses.dto';
 import { RebuildResult, RebuildService } from './rebuild.service';
+import { StatisticsService } from './statistics.service';
 import { unknownNamespace } from './vector.errors';
 import { VectorService } from './vector.service';
 
@@ -51,6 +52,7 @@ export class VectorController {
   constructor(
     private readonly vectors: VectorService,
     private readonly rebuilds: RebuildService,
+    private readonly statisticsService: StatisticsService,
   ) {}
 
   @Post('batch-upsert')
@@ -173,12 +175,17 @@ export class VectorController {
     return this.rebuilds.rollback(dto.namespace);
   }
 
+  /** Keyset pagination in namespace order: follow `next_cursor` until it is null. */
   @Get('statistics')
-  @ApiOperation({ summary: 'Rows, status, sizes and index state per namespace, table and slot' })
+  @ApiOperation({
+    summary:
+      'Rows, status, sizes and index state per namespace, table and slot, a page of namespaces at a time',
+  })
   @ApiOkResponse({ type: StatisticsResponseDto })
   @ApiNotFound()
+  @RequireScope('read')
   statistics(@Query() query: StatisticsQueryDto) {
-    return this.vectors.statistics(query);
+    return this.statisticsService.page(query);
   }
 
   @Post('search')

@@ -4,6 +4,8 @@ import { ItemsController } from './items.controller';
 import { ItemsService } from './items.service';
 import { RebuildService } from './rebuild.service';
 import { ItemReadsRepository } from './repositories/item-reads.repository';
+import { StatisticsRepository } from './repositories/statistics.repository';
+import { StatisticsService } from './statistics.service';
 import { NamespaceRepository } from './repositories/namespace.repository';
 import { VectorItemRepository } from './repositories/vector-item.repository';
 import { VectorSchemaRepository } from './repositories/vector-schema.repository';
@@ -26,6 +28,8 @@ import { VectorTables } from './vector-tables';
     IndexMaintenance,
     ItemReadsRepository,
     ItemsService,
+    StatisticsRepository,
+    StatisticsService,
   ],
 })
 export class VectorModule {}

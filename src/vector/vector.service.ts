@@ -10,7 +10,7 @@ import { EMBEDDING_PROVIDER } from '../embedding/embedding.module';
 import { EmbeddingProvider } from '../embedding/embedding.types';
 import { LockService, PostgresFencing, WithLock } from '../lock';
 import { BatchDeleteDto } from './dto/delete.dto';
-import { BatchUpsertDto, SearchDto, StatisticsQueryDto } from './dto/vector.dto';
+import { BatchUpsertDto, SearchDto } from './dto/vector.dto';
 import { FilterNode, parseFilter } from './metadata-filter';
 import { NamespaceRepository } from './repositories/namespace.repository';
 import { SearchHit, VectorItemRepository } from './repositories/vector-item.repository';
@@ -68,7 +68,7 @@ interface PreparedDelete {
 }
 
 /**
- * Upserts, search, statistics: orchestration over the repositories. Embeddings are computed
+ * Upserts and search: orchestration over the repositories. Embeddings are computed
  * before the lock is taken, so the lock is held for the write alone.
  */
 @Injectable()
@@ -347,57 +347,6 @@ export class VectorService {
     return slot;
   }
 
-  async statistics(query: StatisticsQueryDto) {
-    if (query.table_name !== undefined) this.assertTable(query.table_name, 'table_name');
-    const tables = query.table_name ? [query.table_name] : [...this.tables.names];
-    const namespaces = (await this.namespaces.namespaces()).filter(
-      (row) => query.namespace === undefined || row.namespace === query.namespace,
-    );
-    if (query.namespace !== undefined && namespaces.length === 0) {
-      throw unknownNamespace(query.namespace);
-    }
-    const slots = await this.namespaces.slots(query.namespace);
-    const result = [];
-    for (const namespace of namespaces) {
-      const perTable: Record<string, unknown> = {};
-      for (const table of tables) {
-        const slotStats = [];
-        for (const slot of slots.filter((row) => row.namespace === namespace.namespace)) {
-          if (!(await this.schema.slotTableExists(table, slot.id))) continue;
-          // A cleanup may drop the slot between the lookup and the count: it is then not listed.
-          const stats = await this.items.stats(table, slot.id).catch((error: unknown) => {
-            if (isUndefinedTable(error)) return null;
-            throw error;
-          });
-          if (!stats) continue;
-          const index = await this.schema.indexState(table, slot.id);
-          slotStats.push({
-            slot: slot.slot,
-            status: slot.status,
-            rows: stats.rows,
-            size_bytes: stats.bytes,
-            index_present: index.exists,
-            index_valid: index.valid,
-          });
-        }
-        perTable[table] = { slots: slotStats };
-      }
-      const active = slots.find(
-        (row) => row.namespace === namespace.namespace && row.slot === namespace.active_slot,
-      );
-      result.push({
-        namespace: namespace.namespace,
-        active_slot: namespace.active_slot,
-        building_slot: namespace.building_slot,
-        previous_slot: namespace.previous_slot,
-        model: active?.model ?? null,
-        dimension: active?.dimension ?? null,
-        tables: perTable,
-      });
-    }
-    return { success: true as const, tables, namespaces: result };
-  }
-
   async activeSlot(namespace: string, db: Pool | PoolClient = this.pool): Promise<SlotRow | null> {
     const row = await this.namespaces.find(namespace, db);
     return row ? this.namespaces.slot(namespace, row.active_slot, db) : null;
@@ -424,7 +373,10 @@ export class VectorService {
       this.embedder.model,
       this.embedder.dimension,
     );
-    await this.schema.createSlotTables(client, slot!.id, slot!.dimension, true);
+    // Tables and indexes first, attached last: ATTACH takes its parent's SHARE UPDATE EXCLUSIVE
+    // lock (self-conflicting) until commit, so namespaces created at the same time wait for
+    // each other from their first ATTACH on; what comes before it runs side by side.
+    await this.schema.createSlotTables(client, slot!.id, slot!.dimension, false);
     for (const table of this.tables.names) {
       await this.schema.createEmptyIndex(
         client,
@@ -434,6 +386,7 @@ export class VectorService {
         await this.settings.indexSettings(),
       );
     }
+    for (const table of this.tables.names) await this.schema.attach(client, table, slot!.id);
     return (await this.namespaces.lockForWrite(client, namespace))!;
   }
 

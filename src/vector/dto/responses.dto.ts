@@ -1,9 +1,7 @@
 /* Response bodies, for the OpenAPI document (the Nest CLI plugin reads these classes). */
+import { FieldErrorDto } from '../../common/api-docs';
 
-export class FieldErrorDto {
-  field!: string;
-  message!: string;
-}
+export { FieldErrorDto };
 
 export class UpsertResponseDto {
   success!: boolean;
@@ -109,8 +107,23 @@ export class NamespaceStatisticsDto {
   tables!: Record<string, { slots: SlotStatisticsDto[] }>;
 }
 
+export class StatisticsSummaryDto {
+  /** Namespaces on this page. */
+  namespaces!: number;
+  /** Distinct (namespace, slot) pairs listed on this page. */
+  slots!: number;
+  /** Rows of every slot table listed (exact counts). */
+  rows!: number;
+  /** Bytes of every slot table listed, indexes included. */
+  bytes!: number;
+}
+
 export class StatisticsResponseDto {
   success!: boolean;
   tables!: string[];
+  /** One page, in namespace order. */
   namespaces!: NamespaceStatisticsDto[];
+  /** Pass as `cursor` for the next page; null on the last page. */
+  next_cursor!: string | null;
+  summary!: StatisticsSummaryDto;
 }

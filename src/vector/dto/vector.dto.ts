@@ -149,15 +149,31 @@ export class SearchDto {
 }
 
 export class StatisticsQueryDto {
+  /** Only this namespace (404 if it does not exist). */
   @IsOptional()
   @IsString()
   @Matches(NAMESPACE, { message: NAMESPACE_MESSAGE })
   namespace?: string;
 
+  /** Only this registered table. */
   @IsOptional()
   @IsString()
   @Matches(TABLE, { message: TABLE_MESSAGE })
   table_name?: string;
+
+  /** Namespaces per page, in name order (default 100). */
+  @IsOptional()
+  @Type(() => Number)
+  @IsInt()
+  @Min(1)
+  @Max(1000)
+  limit?: number;
+
+  /** `next_cursor` of the previous page; omit for the first. */
+  @IsOptional()
+  @IsString()
+  @Length(1, 512)
+  cursor?: string;
 }
 
 export class NamespaceParamDto {

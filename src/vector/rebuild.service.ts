@@ -118,6 +118,29 @@ export class RebuildService {
   }
 
   /**
+   * A streamed import's new slot (see ImportService): a rebuild with the import's rows loaded
+   * first, indexed once and switched to. Only if the rebuild lock is free now: null when a
+   * rebuild runs, and the import merges into the active slot instead (which that rebuild's slot
+   * also receives).
+   */
+  async rebuildWithImport(namespace: string, imported: ImportedRows): Promise<RebuildResult | null> {
+    await this.takeOverAbandoned(namespace);
+    const lock = await this.locks.tryAcquire(rebuildLockKey(namespace), {
+      ttlMs: this.settings.lockTtlMs,
+      operation: 'import',
+      renew: true,
+    });
+    if (!lock) return null;
+    try {
+      return await this.rebuild(namespace, lock, imported);
+    } finally {
+      await lock.release().catch((error: unknown) =>
+        this.logger.warn(`release of ${lock.key} failed: ${String(error)}`),
+      );
+    }
+  }
+
+  /**
    * Drops the slots that are neither active nor building (detach + drop: no dead tuples), keeping
    * the previous one for rollback if asked. Under the rebuild lock, so a running rebuild's slot
    * is never touched; a building slot left by a crashed rebuild is dropped too.
@@ -245,7 +268,11 @@ export class RebuildService {
    * vectors of the new model) are copied server-side; only the rest travel through this process
    * to be embedded again.
    */
-  async rebuild(namespace: string, lock: LockHandle): Promise<RebuildResult> {
+  async rebuild(
+    namespace: string,
+    lock: LockHandle,
+    imported?: ImportedRows,
+  ): Promise<RebuildResult> {
     const started = performance.now();
     const session = await this.connections.open('rebuild');
     let begun: BegunRebuild | undefined;
@@ -255,6 +282,12 @@ export class RebuildService {
       for (const leftover of leftovers) await this.dropLeftover(leftover, lock);
       const counts = { embedded: 0, reused: 0 };
       let processed = 0;
+      if (imported) {
+        // An import's rows go in first: the copies of the source below then skip what it
+        // replaces (they never overwrite), and upserts made since beginSlot win over it.
+        await this.assertCurrent(lock);
+        processed += await this.vectors.transaction((client) => imported.load(client, target));
+      }
       const total = await this.countItems(source);
       await this.namespaces.updateRebuild(progressId, { phase: 'loading', total });
       for (const table of this.tables.names) {
@@ -302,6 +335,7 @@ export class RebuildService {
         }
       }
       await this.namespaces.updateRebuild(progressId, { phase: 'indexing' });
+      await imported?.onPhase('indexing');
       // Upserts now write the new slot's side tables, so that its index can be built plainly
       // (one pass; CONCURRENTLY adds a validation scan, about a tenth more).
       await withTransactionOn(session, async (client) => {
@@ -322,6 +356,7 @@ export class RebuildService {
         });
       }
       await this.namespaces.updateRebuild(progressId, { phase: 'switching' });
+      await imported?.onPhase('switching');
       await withTransactionOn(session, async (client) => {
         await this.lockOwnNamespace(client, namespace, target, lock);
         for (const table of this.tables.names) {
@@ -570,6 +605,14 @@ export class RebuildService {
 }
 
 export type RebuildOutcome = SingleflightOutcome<RebuildResult>;
+
+/** Rows a streamed import adds to a rebuild (see rebuildWithImport). */
+export interface ImportedRows {
+  /** Loads the rows into the new slot, on a transaction of the rebuild; returns how many. */
+  load(client: PoolClient, target: SlotRow): Promise<number>;
+  /** Told when the rebuild starts indexing and switching, for the import's own progress. */
+  onPhase(phase: 'indexing' | 'switching'): Promise<void>;
+}
 
 interface BegunRebuild {
   source: SlotRow;

@@ -1,6 +1,10 @@
 import { Module } from '@nestjs/common';
 import { IndexMaintenance } from './index-maintenance.service';
+import { ImportController } from './import/import.controller';
+import { ImportService } from './import/import.service';
+import { NdjsonBodyParser } from './import/ndjson-body';
 import { RebuildService } from './rebuild.service';
+import { ImportRepository } from './repositories/import.repository';
 import { NamespaceRepository } from './repositories/namespace.repository';
 import { VectorItemRepository } from './repositories/vector-item.repository';
 import { VectorSchemaRepository } from './repositories/vector-schema.repository';
@@ -11,7 +15,7 @@ import { VectorTables } from './vector-tables';
 
 /** Namespaces, slots, upserts, rebuilds, cleanup, statistics and search. */
 @Module({
-  controllers: [VectorController],
+  controllers: [VectorController, ImportController],
   providers: [
     VectorTables,
     VectorSettings,
@@ -21,6 +25,9 @@ import { VectorTables } from './vector-tables';
     VectorService,
     RebuildService,
     IndexMaintenance,
+    ImportRepository,
+    ImportService,
+    NdjsonBodyParser,
   ],
 })
 export class VectorModule {}

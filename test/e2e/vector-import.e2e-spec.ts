@@ -2,6 +2,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { Pool } from 'pg';
 import { PG_POOL } from '../../src/database/database.constants';
 import { TestApp, startTestApp } from '../support/app';
+import { FreshDatabase, createFreshDatabase } from '../support/fresh-database';
 import { waitFor } from '../support/wait';
 
 const DIMENSION = 8;
@@ -23,8 +24,11 @@ const ndjson = (count: number, line: (i: number) => string = (i) => lineOf(i)) =
 describe('Vector import: streamed NDJSON', () => {
   let app: TestApp;
   let pool: Pool;
+  let database: FreshDatabase;
 
   beforeAll(async () => {
+    // Its own database: the shared one may hold migrations of other branches.
+    database = await createFreshDatabase('vector_import');
     // 8-dimensional vectors and a light HNSW build keep 200k rows well under a minute.
     app = await startTestApp({
       LOG_LEVEL: 'error',
@@ -32,12 +36,14 @@ describe('Vector import: streamed NDJSON', () => {
       HNSW_M: '4',
       HNSW_EF_CONSTRUCTION: '8',
       IMPORT_MAX_LINES: '300000',
+      DATABASE_URL: database.url,
     });
     pool = app.app.get<Pool>(PG_POOL);
   });
 
   afterAll(async () => {
-    await app.close();
+    await app?.close();
+    await database?.drop();
   });
 
   const newNamespace = () => `imp-${randomBytes(4).toString('hex')}`;

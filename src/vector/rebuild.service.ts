@@ -123,7 +123,10 @@ export class RebuildService {
    * rebuild runs, and the import merges into the active slot instead (which that rebuild's slot
    * also receives).
    */
-  async rebuildWithImport(namespace: string, imported: ImportedRows): Promise<RebuildResult | null> {
+  async rebuildWithImport(
+    namespace: string,
+    imported: ImportedRows,
+  ): Promise<RebuildResult | null> {
     await this.takeOverAbandoned(namespace);
     const lock = await this.locks.tryAcquire(rebuildLockKey(namespace), {
       ttlMs: this.settings.lockTtlMs,
@@ -134,9 +137,39 @@ export class RebuildService {
     try {
       return await this.rebuild(namespace, lock, imported);
     } finally {
-      await lock.release().catch((error: unknown) =>
-        this.logger.warn(`release of ${lock.key} failed: ${String(error)}`),
-      );
+      await lock
+        .release()
+        .catch((error: unknown) =>
+          this.logger.warn(`release of ${lock.key} failed: ${String(error)}`),
+        );
+    }
+  }
+
+  /**
+   * Drops the slots left building by rebuilds whose process died (an import's, found abandoned
+   * by ImportService.sweep), if the rebuild lock is free now — holding it, no building slot can
+   * be alive. Otherwise the next rebuild or cleanup drops them. Returns the slots dropped.
+   */
+  async dropAbandonedBuilds(namespace: string): Promise<number[]> {
+    await this.takeOverAbandoned(namespace);
+    const lock = await this.locks.tryAcquire(rebuildLockKey(namespace), {
+      ttlMs: this.settings.lockTtlMs,
+      operation: 'drop-abandoned-builds',
+    });
+    if (!lock) return [];
+    try {
+      return await this.fenced(lock, async (client) => {
+        if (!(await this.namespaces.lockForSwitch(client, namespace))) return [];
+        const dropped: number[] = [];
+        for (const slot of await this.namespaces.slots(namespace, client)) {
+          if (slot.status !== 'building') continue;
+          await this.namespaces.retire(client, slot);
+          if (await this.dropSlotIfFree(client, slot)) dropped.push(slot.slot);
+        }
+        return dropped;
+      });
+    } finally {
+      await lock.release().catch(() => undefined);
     }
   }
 

@@ -125,9 +125,10 @@ describe('Vector import: streamed NDJSON', () => {
     const stats = await app.http
       .get(`/api/v1/vector/statistics?namespace=${namespace}&table_name=questions`)
       .expect(200);
-    const active = stats.body.namespaces[0].tables.questions.slots.find(
-      (slot: { slot: number }) => slot.slot === 2,
-    );
+    const slots = (
+      stats.body as { namespaces: { tables: { questions: { slots: { slot: number }[] } } }[] }
+    ).namespaces[0].tables.questions.slots;
+    const active = slots.find((slot) => slot.slot === 2);
     expect(active).toMatchObject({ status: 'active', rows: 200_000, index_valid: true });
     // A search finds an imported item by its own vector.
     const search = await app.http
@@ -161,7 +162,11 @@ describe('Vector import: streamed NDJSON', () => {
     const namespace = newNamespace();
     await seed(namespace, 10);
     const cases: [string, number, string][] = [
-      [ndjson(5, (i) => (i === 3 ? JSON.stringify({ obj_ref: 'x' }) : lineOf(i))), 4, 'lines[4].content'],
+      [
+        ndjson(5, (i) => (i === 3 ? JSON.stringify({ obj_ref: 'x' }) : lineOf(i))),
+        4,
+        'lines[4].content',
+      ],
       [
         ndjson(5, (i) =>
           i === 2 ? JSON.stringify({ obj_ref: 'y', content: 'c', embedding: [1, 2] }) : lineOf(i),
@@ -170,7 +175,13 @@ describe('Vector import: streamed NDJSON', () => {
         'lines[3].embedding',
       ],
       [ndjson(5, (i) => (i === 4 ? lineOf(1) : lineOf(i))), 5, 'lines[5].obj_ref'],
-      [ndjson(3, (i) => (i === 1 ? JSON.stringify({ ...JSON.parse(lineOf(1)), extra: 1 }) : lineOf(i))), 2, 'lines[2].extra'],
+      [
+        ndjson(3, (i) =>
+          i === 1 ? JSON.stringify({ ...JSON.parse(lineOf(1)), extra: 1 }) : lineOf(i),
+        ),
+        2,
+        'lines[2].extra',
+      ],
       [ndjson(2, (i) => (i === 0 ? '[1, 2]' : lineOf(i))), 1, 'lines[1]'],
     ];
     for (const [body, line, field] of cases) {
@@ -210,9 +221,9 @@ describe('Vector import: streamed NDJSON', () => {
     expect(first.status).toBe(200);
     expect(first.body).toMatchObject({ mode: 'merge', processed: 1_000, slot: 1 });
     // Rows changed after the import: a replay must not write the import's rows again.
-    await upsert(namespace, [{ obj_ref: 'seed-5', content: 'after', embedding: vectorOf(5) }]).expect(
-      200,
-    );
+    await upsert(namespace, [
+      { obj_ref: 'seed-5', content: 'after', embedding: vectorOf(5) },
+    ]).expect(200);
     const replay = await importBody(namespace, body, { 'idempotency-key': key });
     expect(replay.status).toBe(200);
     expect(replay.headers['idempotent-replayed']).toBe('true');
@@ -220,9 +231,10 @@ describe('Vector import: streamed NDJSON', () => {
     const rows = await activeRows(namespace);
     expect(rows.get('seed-5')).toBe('after');
     expect(rows.get('seed-6')).toBe('once 6');
-    const { rows: imports } = await pool.query('SELECT id FROM vector_imports WHERE namespace = $1', [
-      namespace,
-    ]);
+    const { rows: imports } = await pool.query(
+      'SELECT id FROM vector_imports WHERE namespace = $1',
+      [namespace],
+    );
     expect(imports).toHaveLength(1);
     // The same key with another query is another request: 422.
     const other = await app.http
@@ -231,4 +243,96 @@ describe('Vector import: streamed NDJSON', () => {
       .send(body);
     expect(other.status).toBe(422);
   });
+
+  /** Upserts new items (live-*) in a loop until stopped; what was acknowledged, by obj_ref. */
+  const startWriter = (namespace: string) => {
+    const acknowledged = new Map<string, string>();
+    const failures: number[] = [];
+    let stop = false;
+    let round = 0;
+    const done = (async () => {
+      while (!stop) {
+        round++;
+        const items = Array.from({ length: 5 }, (_, i) => ({
+          obj_ref: `live-${round}-${i}`,
+          content: `live ${round} ${i}`,
+          embedding: vectorOf(round * 5 + i),
+        }));
+        const response = await upsert(namespace, items);
+        if (response.status === 200) {
+          for (const item of items) acknowledged.set(item.obj_ref, item.content);
+        } else {
+          failures.push(response.status);
+        }
+      }
+    })();
+    return {
+      acknowledged,
+      failures,
+      stop: async () => {
+        stop = true;
+        await done;
+      },
+    };
+  };
+
+  it.each([
+    ['merge', 3_000, 1_000],
+    ['slot', 100, 5_000],
+  ])(
+    'keeps every upsert acknowledged while an import (%s) runs',
+    async (mode, seeded, imported) => {
+      const namespace = newNamespace();
+      await seed(namespace, seeded);
+      const writer = startWriter(namespace);
+      await waitFor(() => writer.acknowledged.size >= 15);
+      const sizeBefore = writer.acknowledged.size;
+      const response = await importBody(namespace, ndjson(imported));
+      await waitFor(() => writer.acknowledged.size >= sizeBefore + 30);
+      await writer.stop();
+      expect(response.status).toBe(200);
+      expect(response.body).toMatchObject({ mode, processed: imported });
+      expect(writer.failures).toEqual([]);
+      const rows = await activeRows(namespace);
+      for (const [objRef, content] of writer.acknowledged) {
+        expect([objRef, rows.get(objRef)]).toEqual([objRef, content]);
+      }
+      for (let i = 0; i < imported; i++) expect(rows.get(`imp-${i}`)).toBe(`imported item ${i}`);
+      expect(rows.size).toBe(seeded + imported + writer.acknowledged.size);
+    },
+    60_000,
+  );
+
+  it('reaches the new slot of a rebuild that runs while it merges', async () => {
+    const namespace = newNamespace();
+    await seed(namespace, 30_000);
+    const rebuild = app.http
+      .post('/api/v1/vector/rebuild-index')
+      .send({ namespace, force: true })
+      .then((response) => ({ response, at: Date.now() }));
+    await waitFor(async () => {
+      const { rows } = await pool.query(
+        'SELECT building_slot FROM vector_namespaces WHERE namespace = $1',
+        [namespace],
+      );
+      return rows[0]?.building_slot !== null;
+    });
+    const imported = await importBody(
+      namespace,
+      ndjson(2_000, (i) => lineOf(i, 'seed', `new ${i}`)),
+    );
+    const importedAt = Date.now();
+    const rebuilt = await rebuild;
+    expect(imported.status).toBe(200);
+    expect(imported.body).toMatchObject({ mode: 'merge', slot: 1 });
+    expect(rebuilt.response.status).toBe(200);
+    expect(rebuilt.response.body).toMatchObject({ slot: 2, previous_slot: 1 });
+    // The import answered while the rebuild was still running: its rows reached slot 2 through
+    // the rebuild's building slot (or its side table), not after the switch.
+    expect(importedAt).toBeLessThan(rebuilt.at);
+    const rows = await activeRows(namespace);
+    expect(rows.size).toBe(30_000);
+    for (let i = 0; i < 2_000; i++) expect(rows.get(`seed-${i}`)).toBe(`new ${i}`);
+    expect(rows.get('seed-2000')).toBe('seed 2000');
+  }, 60_000);
 });

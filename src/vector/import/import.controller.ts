@@ -73,8 +73,14 @@ export class ImportController {
     description: 'A UUID the client chooses for this import, to follow its progress meanwhile',
   })
   @ApiOkResponse({ type: ImportResponseDto })
-  @ApiConflict('The upsert lock was not acquired in time, the write was fenced out, or the id is taken')
-  @ApiResponse({ status: 413, description: 'More than IMPORT_MAX_LINES lines', type: ProblemDetailsDto })
+  @ApiConflict(
+    'The upsert lock was not acquired in time, the write was fenced out, or the id is taken',
+  )
+  @ApiResponse({
+    status: 413,
+    description: 'More than IMPORT_MAX_LINES lines',
+    type: ProblemDetailsDto,
+  })
   @ApiResponse({ status: 415, description: 'Not application/x-ndjson', type: ProblemDetailsDto })
   @ApiIdempotencyErrors()
   @RequireScope('write')

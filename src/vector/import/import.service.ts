@@ -25,6 +25,7 @@ import { RebuildService } from '../rebuild.service';
 import { copyHeader, copyTrailer, encodeItem } from '../repositories/binary-copy';
 import { ImportRecord, ImportRepository } from '../repositories/import.repository';
 import { VectorItemRepository } from '../repositories/vector-item.repository';
+import { VectorSchemaRepository } from '../repositories/vector-schema.repository';
 import { modelMismatch } from '../vector.errors';
 import { contentHash, VectorService } from '../vector.service';
 import { VectorSettings } from '../vector-settings';
@@ -97,6 +98,7 @@ export class ImportService implements OnApplicationBootstrap {
     private readonly rebuilds: RebuildService,
     private readonly imports: ImportRepository,
     private readonly items: VectorItemRepository,
+    private readonly schema: VectorSchemaRepository,
     config: ConfigService<Env, true>,
   ) {
     this.maxLines = config.get('IMPORT_MAX_LINES', { infer: true });
@@ -119,6 +121,10 @@ export class ImportService implements OnApplicationBootstrap {
   async sweep(): Promise<number> {
     let dropped = 0;
     for (const record of await this.imports.orphans()) {
+      if (record.abandoned && record.mode === 'slot') {
+        // It died loading a new slot: that slot goes as a dead rebuild's does.
+        await this.rebuilds.dropAbandonedBuilds(record.namespace);
+      }
       if (!this.tables.has(record.table_name)) continue;
       await this.imports.dropStaging(this.pool, record);
       dropped++;
@@ -221,7 +227,6 @@ export class ImportService implements OnApplicationBootstrap {
     body: Readable,
     active: SlotRow | null,
   ): Promise<Received> {
-    const dimension = active?.dimension ?? this.embedder.dimension;
     const received: Received = {
       lines: 0,
       rows: 0,
@@ -229,6 +234,32 @@ export class ImportService implements OnApplicationBootstrap {
       clientDimension: null,
       providerRows: false,
     };
+    await this.imports.copyIntoStaging(
+      session,
+      record,
+      this.encodeLines(body, record, active, received),
+    );
+    if (received.rows === 0) {
+      throw invalidRequest([
+        { field: '', message: 'the body holds no items (one JSON object a line)' },
+      ]);
+    }
+    await this.imports.update(record.id, {
+      lines: received.lines,
+      rows: received.rows,
+      embedded: received.embedded,
+    });
+    return received;
+  }
+
+  /** The lines as binary COPY data (header, tuples in chunks, trailer), counted in `received`. */
+  private async *encodeLines(
+    body: Readable,
+    record: ImportRecord,
+    active: SlotRow | null,
+    received: Received,
+  ): AsyncGenerator<Buffer> {
+    const dimension = active?.dimension ?? this.embedder.dimension;
     const seen = new Map<string, number>();
     const pending: ItemRow[] = [];
     let chunk: Buffer[] = [];
@@ -254,62 +285,49 @@ export class ImportService implements OnApplicationBootstrap {
       received.embedded += pending.length;
       pending.length = 0;
     };
-    const self = this;
-    async function* tuples(): AsyncGenerator<Buffer> {
-      yield copyHeader();
-      try {
-        for await (const { line, text } of numberedLines(body, self.maxLineChars)) {
-          received.lines = line;
-          if (text.trim() === '') continue;
-          if (received.rows >= self.maxLines) {
-            throw new PayloadTooLargeException(
-              problem(413, `An import holds at most ${self.maxLines} lines (IMPORT_MAX_LINES).`, {
-                line,
-              }),
-            );
-          }
-          const row = self.parseLine(line, text, dimension, seen);
-          if (row.embedding_source === 'provider') {
-            if (active && active.model !== self.embedder.model) {
-              throw modelMismatch(record.namespace, active.model, self.embedder.model);
-            }
-            received.providerRows = true;
-            pending.push(row);
-            if (pending.length >= EMBED_BATCH) await embedPending();
-          } else {
-            received.clientDimension = row.embedding.length;
-            take(row);
-          }
-          received.rows++;
-          if (chunkBytes >= COPY_CHUNK_BYTES) yield flush();
-          if (line % PROGRESS_EVERY_LINES === 0) {
-            await self.imports.update(record.id, {
-              lines: received.lines,
-              rows: received.rows,
-              embedded: received.embedded,
-            });
-          }
+    yield copyHeader();
+    try {
+      for await (const { line, text } of numberedLines(body, this.maxLineChars)) {
+        received.lines = line;
+        if (text.trim() === '') continue;
+        if (received.rows >= this.maxLines) {
+          throw new PayloadTooLargeException(
+            problem(413, `An import holds at most ${this.maxLines} lines (IMPORT_MAX_LINES).`, {
+              line,
+            }),
+          );
         }
-      } catch (error) {
-        if (error instanceof LineTooLongError) {
-          throw lineError(error.line, [{ field: `lines[${error.line}]`, message: error.message }]);
+        const row = this.parseLine(line, text, dimension, seen);
+        if (row.embedding_source === 'provider') {
+          if (active && active.model !== this.embedder.model) {
+            throw modelMismatch(record.namespace, active.model, this.embedder.model);
+          }
+          received.providerRows = true;
+          pending.push(row);
+          if (pending.length >= EMBED_BATCH) await embedPending();
+        } else {
+          received.clientDimension = row.embedding.length;
+          take(row);
         }
-        throw error;
+        received.rows++;
+        if (chunkBytes >= COPY_CHUNK_BYTES) yield flush();
+        if (line % PROGRESS_EVERY_LINES === 0) {
+          await this.imports.update(record.id, {
+            lines: received.lines,
+            rows: received.rows,
+            embedded: received.embedded,
+          });
+        }
       }
-      await embedPending();
-      if (chunkBytes > 0) yield flush();
-      yield copyTrailer();
+    } catch (error) {
+      if (error instanceof LineTooLongError) {
+        throw lineError(error.line, [{ field: `lines[${error.line}]`, message: error.message }]);
+      }
+      throw error;
     }
-    await this.imports.copyIntoStaging(session, record, tuples());
-    if (received.rows === 0) {
-      throw invalidRequest([{ field: '', message: 'the body holds no items (one JSON object a line)' }]);
-    }
-    await this.imports.update(record.id, {
-      lines: received.lines,
-      rows: received.rows,
-      embedded: received.embedded,
-    });
-    return received;
+    await embedPending();
+    if (chunkBytes > 0) yield flush();
+    yield copyTrailer();
   }
 
   /** One line as an item row (embedding still empty when the provider is to make it). */
@@ -382,7 +400,7 @@ export class ImportService implements OnApplicationBootstrap {
       (received.clientDimension === null || received.clientDimension === this.embedder.dimension);
     const larger =
       active === null ||
-      !(await this.slotHasTable(table, active)) ||
+      !(await this.schema.slotTableExists(table, active.id)) ||
       received.rows > (await this.items.count(table, active.id));
     if (fitsNewSlot && larger) {
       await this.imports.update(record.id, { status: 'loading', mode: 'slot' });
@@ -423,14 +441,6 @@ export class ImportService implements OnApplicationBootstrap {
     return { mode: 'merge', slot, previousSlot: null };
   }
 
-  private async slotHasTable(table: string, slot: SlotRow): Promise<boolean> {
-    return (
-      await this.pool.query('SELECT to_regclass($1) IS NOT NULL AS present', [
-        this.tables.partitionName(table, slot.id),
-      ])
-    ).rows[0].present as boolean;
-  }
-
   /** As VectorService.assertWritable, for the whole import (see write there). */
   private assertWritable(namespace: string, slot: SlotRow, received: Received): void {
     if (received.clientDimension !== null && received.clientDimension !== slot.dimension) {
@@ -466,7 +476,7 @@ function describe(error: unknown): string {
   if (error instanceof HttpException) {
     const response = error.getResponse();
     if (typeof response === 'object' && response !== null && 'detail' in response) {
-      return String((response as { detail: unknown }).detail);
+      return String(response.detail);
     }
   }
   return error instanceof Error ? error.message : String(error);

@@ -34,7 +34,7 @@ export class NdjsonBodyParser implements OnModuleInit {
   constructor(private readonly adapterHost: HttpAdapterHost) {}
 
   onModuleInit(): void {
-    const instance = this.adapterHost.httpAdapter?.getInstance?.() as FastifyInstance | undefined;
+    const instance = this.adapterHost.httpAdapter?.getInstance?.<FastifyInstance>();
     if (!instance?.addContentTypeParser || instance.hasContentTypeParser(NDJSON_CONTENT_TYPE)) {
       return;
     }

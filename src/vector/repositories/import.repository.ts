@@ -26,13 +26,7 @@ const importGone = (keySql: string) => `NOT EXISTS (
 const RUNNING = `('receiving', 'loading', 'indexing', 'switching')`;
 
 export type ImportStatus =
-  | 'receiving'
-  | 'loading'
-  | 'indexing'
-  | 'switching'
-  | 'succeeded'
-  | 'failed'
-  | 'abandoned';
+  'receiving' | 'loading' | 'indexing' | 'switching' | 'succeeded' | 'failed' | 'abandoned';
 
 export interface ImportRecord {
   id: string;
@@ -206,19 +200,26 @@ export class ImportRepository {
 
   /**
    * Imports whose connection is gone (a crash, a cut connection, or simply finished) and whose
-   * staging table has not been dropped yet: those still marked running are recorded abandoned,
-   * and the caller drops their staging tables.
+   * staging table has not been dropped yet: those still marked running are recorded abandoned
+   * (`abandoned` true), and the caller drops their staging tables.
    */
-  async orphans(): Promise<ImportRecord[]> {
-    const { rows } = await this.pool.query<ImportRecord>(
-      `UPDATE vector_imports i SET
-         status = CASE WHEN i.status IN ${RUNNING} THEN 'abandoned' ELSE i.status END,
-         error = CASE WHEN i.status IN ${RUNNING}
+  async orphans(): Promise<(ImportRecord & { mode: string | null; abandoned: boolean })[]> {
+    const { rows } = await this.pool.query<
+      ImportRecord & { mode: string | null; abandoned: boolean }
+    >(
+      `WITH gone AS (
+         SELECT id, status IN ${RUNNING} AS abandoned FROM vector_imports i
+         WHERE NOT staging_dropped AND ${importGone('i.lock_key')}
+         FOR UPDATE SKIP LOCKED
+       )
+       UPDATE vector_imports i SET
+         status = CASE WHEN gone.abandoned THEN 'abandoned' ELSE i.status END,
+         error = CASE WHEN gone.abandoned
                       THEN 'the import''s process or connection ended before it finished'
                       ELSE i.error END,
          finished_at = COALESCE(i.finished_at, now()), updated_at = now()
-       WHERE NOT i.staging_dropped AND ${importGone('i.lock_key')}
-       RETURNING i.id::text AS id, i.lock_key, i.namespace, i.table_name`,
+       FROM gone WHERE i.id = gone.id
+       RETURNING i.id::text AS id, i.lock_key, i.namespace, i.table_name, i.mode, gone.abandoned`,
     );
     return rows;
   }

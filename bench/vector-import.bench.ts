@@ -19,7 +19,12 @@ import { Client, Pool } from 'pg';
 import { from as copyFrom } from 'pg-copy-streams';
 import pgvector from 'pgvector/pg';
 import { runMigrations } from '../src/database/migrator';
-import { copyHeader, copyTrailer, encodeItem } from '../src/vector/repositories/binary-copy';
+import {
+  COPY_COLUMNS,
+  copyHeader,
+  copyTrailer,
+  encodeItem,
+} from '../src/vector/repositories/binary-copy';
 import { median, table, verdict } from './support/stats';
 
 const ADMIN_URL =
@@ -148,7 +153,7 @@ async function rawFloor(databaseUrl: string, name: string, chunks: Buffer[]): Pr
     const started = performance.now();
     await pipeline(
       Readable.from(chunks),
-      client.query(copyFrom(`COPY ${name} FROM STDIN (FORMAT binary)`)),
+      client.query(copyFrom(`COPY ${name} (${COPY_COLUMNS}) FROM STDIN (FORMAT binary)`)),
     );
     await client.query(
       `CREATE INDEX ON ${name} USING hnsw ((embedding::vector(${DIM})) vector_cosine_ops)

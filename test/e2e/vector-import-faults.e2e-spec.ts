@@ -139,7 +139,8 @@ describe('vector import: the service killed mid-import', () => {
       timeoutMs: 20_000,
       what: 'the import to receive 20k lines',
     });
-    expect((await importRow(id)).status).toBe('receiving');
+    // Its progress, while the body is still arriving, under the id the client chose.
+    expect(await progressOf(first.url, id)).toMatchObject({ status: 'receiving', mode: null });
     expect(
       (await pool.query(`SELECT 1 FROM pg_class WHERE relname ~ '_import[0-9]+$'`)).rowCount,
     ).toBe(1);

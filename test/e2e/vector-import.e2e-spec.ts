@@ -247,6 +247,7 @@ describe('Vector import: streamed NDJSON', () => {
   /** Upserts new items (live-*) in a loop until stopped; what was acknowledged, by obj_ref. */
   const startWriter = (namespace: string) => {
     const acknowledged = new Map<string, string>();
+    const ackTimes: number[] = [];
     const failures: number[] = [];
     let stop = false;
     let round = 0;
@@ -261,6 +262,7 @@ describe('Vector import: streamed NDJSON', () => {
         const response = await upsert(namespace, items);
         if (response.status === 200) {
           for (const item of items) acknowledged.set(item.obj_ref, item.content);
+          ackTimes.push(Date.now());
         } else {
           failures.push(response.status);
         }
@@ -268,6 +270,7 @@ describe('Vector import: streamed NDJSON', () => {
     })();
     return {
       acknowledged,
+      ackTimes,
       failures,
       stop: async () => {
         stop = true;
@@ -287,12 +290,18 @@ describe('Vector import: streamed NDJSON', () => {
       const writer = startWriter(namespace);
       await waitFor(() => writer.acknowledged.size >= 15);
       const sizeBefore = writer.acknowledged.size;
+      const importStarted = Date.now();
       const response = await importBody(namespace, ndjson(imported));
+      const importEnded = Date.now();
       await waitFor(() => writer.acknowledged.size >= sizeBefore + 30);
       await writer.stop();
       expect(response.status).toBe(200);
       expect(response.body).toMatchObject({ mode, processed: imported });
       expect(writer.failures).toEqual([]);
+      // Upserts went on while the import ran (they wait for its merge, never fail).
+      expect(
+        writer.ackTimes.filter((t) => t > importStarted && t < importEnded).length,
+      ).toBeGreaterThan(0);
       const rows = await activeRows(namespace);
       for (const [objRef, content] of writer.acknowledged) {
         expect([objRef, rows.get(objRef)]).toEqual([objRef, content]);
@@ -305,7 +314,7 @@ describe('Vector import: streamed NDJSON', () => {
 
   it('reaches the new slot of a rebuild that runs while it merges', async () => {
     const namespace = newNamespace();
-    await seed(namespace, 30_000);
+    await seed(namespace, 12_000);
     const rebuild = app.http
       .post('/api/v1/vector/rebuild-index')
       .send({ namespace, force: true })
@@ -331,8 +340,39 @@ describe('Vector import: streamed NDJSON', () => {
     // the rebuild's building slot (or its side table), not after the switch.
     expect(importedAt).toBeLessThan(rebuilt.at);
     const rows = await activeRows(namespace);
-    expect(rows.size).toBe(30_000);
+    expect(rows.size).toBe(12_000);
     for (let i = 0; i < 2_000; i++) expect(rows.get(`seed-${i}`)).toBe(`new ${i}`);
     expect(rows.get('seed-2000')).toBe('seed 2000');
   }, 60_000);
+
+  it('documents its routes in the OpenAPI document', async () => {
+    const document = (await app.http.get('/api/docs-json').expect(200)).body as {
+      paths: Record<
+        string,
+        Record<
+          string,
+          {
+            summary: string;
+            security: unknown[];
+            requestBody?: { content: Record<string, unknown> };
+            responses: Record<string, unknown>;
+            parameters?: { name: string; in: string }[];
+          }
+        >
+      >;
+    };
+    const post = document.paths['/api/v1/vector/import'].post;
+    expect(post.summary).toContain('scope: write');
+    expect(Object.keys(post.requestBody!.content)).toEqual([NDJSON]);
+    expect(post.security).toEqual(expect.arrayContaining([{ bearer: [] }, { 'api-key': [] }]));
+    for (const status of ['200', '400', '401', '403', '409', '413', '415', '422']) {
+      expect(Object.keys(post.responses)).toContain(status);
+    }
+    // (The query DTO's fields are described by the Nest CLI plugin, in the built service only.)
+    expect(post.parameters!.filter((p) => p.in === 'header').map((p) => p.name)).toEqual([
+      'x-import-id',
+    ]);
+    expect(document.paths['/api/v1/vector/imports/{id}'].get.summary).toContain('scope: read');
+    expect(document.paths['/api/v1/vector/imports'].get.responses).toHaveProperty('404');
+  });
 });

@@ -68,7 +68,8 @@ export class ImportController {
     },
   })
   @ApiHeader({
-    name: 'X-Import-Id',
+    // As the handler reads it (@Headers), so the two describe one parameter.
+    name: 'x-import-id',
     required: false,
     description: 'A UUID the client chooses for this import, to follow its progress meanwhile',
   })

@@ -385,8 +385,8 @@ export class ImportService implements OnApplicationBootstrap {
 
   /**
    * The staged rows into the namespace: a new slot (empty namespace, or more rows than the active
-   * slot holds, when that slot is of the provider's model and dimension and the rebuild lock is
-   * free), else a merge into the active slot.
+   * slot holds in all its tables, when that slot is of the provider's model and dimension and the
+   * rebuild lock is free), else a merge into the active slot.
    */
   private async write(
     record: ImportRecord,
@@ -398,10 +398,8 @@ export class ImportService implements OnApplicationBootstrap {
       (active === null ||
         (active.model === this.embedder.model && active.dimension === this.embedder.dimension)) &&
       (received.clientDimension === null || received.clientDimension === this.embedder.dimension);
-    const larger =
-      active === null ||
-      !(await this.schema.slotTableExists(table, active.id)) ||
-      received.rows > (await this.items.count(table, active.id));
+    // The new slot holds every table of the namespace: what it costs is the whole slot's size.
+    const larger = active === null || received.rows > (await this.slotSize(active));
     if (fitsNewSlot && larger) {
       await this.imports.update(record.id, { status: 'loading', mode: 'slot' });
       // The namespace (slot 1, empty) as the first upsert would make it; the new slot follows.
@@ -439,6 +437,17 @@ export class ImportService implements OnApplicationBootstrap {
         ),
     });
     return { mode: 'merge', slot, previousSlot: null };
+  }
+
+  /** Items in a slot, all tables together. */
+  private async slotSize(slot: SlotRow): Promise<number> {
+    let size = 0;
+    for (const table of this.tables.names) {
+      if (await this.schema.slotTableExists(table, slot.id)) {
+        size += await this.items.count(table, slot.id);
+      }
+    }
+    return size;
   }
 
   /** As VectorService.assertWritable, for the whole import (see write there). */

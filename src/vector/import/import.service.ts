@@ -399,7 +399,7 @@ export class ImportService implements OnApplicationBootstrap {
         (active.model === this.embedder.model && active.dimension === this.embedder.dimension)) &&
       (received.clientDimension === null || received.clientDimension === this.embedder.dimension);
     // The new slot holds every table of the namespace: what it costs is the whole slot's size.
-    const larger = active === null || received.rows > (await this.slotSize(active));
+    const larger = active === null || received.rows > (await this.slotSize(active, received.rows));
     if (fitsNewSlot && larger) {
       await this.imports.update(record.id, { status: 'loading', mode: 'slot' });
       // The namespace (slot 1, empty) as the first upsert would make it; the new slot follows.
@@ -439,8 +439,15 @@ export class ImportService implements OnApplicationBootstrap {
     return { mode: 'merge', slot, previousSlot: null };
   }
 
-  /** Items in a slot, all tables together. */
-  private async slotSize(slot: SlotRow): Promise<number> {
+  /**
+   * Items in a slot, all tables together — exactly only when it matters: the planner's estimate
+   * (kept by ANALYZE and VACUUM) settles a slot clearly larger than `rows` without a count,
+   * which reads the whole table; a low or missing estimate (a slot filled by upserts and never
+   * analysed yet reads 0) is checked by counting.
+   */
+  private async slotSize(slot: SlotRow, rows: number): Promise<number> {
+    const estimate = await this.imports.estimatedSlotRows(slot.id);
+    if (estimate > 2 * rows) return estimate;
     let size = 0;
     for (const table of this.tables.names) {
       if (await this.schema.slotTableExists(table, slot.id)) {

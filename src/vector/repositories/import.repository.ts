@@ -148,6 +148,16 @@ export class ImportRepository {
     return result.rowCount ?? 0;
   }
 
+  /** The planner's row estimate of a slot's tables together (0 for never-analysed ones). */
+  async estimatedSlotRows(slotId: number): Promise<number> {
+    const { rows } = await this.pool.query<{ rows: number }>(
+      `SELECT COALESCE(sum(GREATEST(reltuples, 0)), 0)::float8 AS rows FROM pg_class
+       WHERE oid = ANY (SELECT to_regclass(name) FROM unnest($1::text[]) AS name)`,
+      [this.tables.names.map((table) => this.tables.partitionName(table, slotId))],
+    );
+    return rows[0].rows;
+  }
+
   async dropStaging(db: Pool | ClientBase, record: ImportRecord): Promise<void> {
     await db.query(`DROP TABLE IF EXISTS ${this.staging(record)}`);
     await db.query('UPDATE vector_imports SET staging_dropped = true WHERE id = $1', [record.id]);

@@ -110,6 +110,7 @@ export const envSchema = z.object({
   UPSERT_MAX_ITEMS: z.coerce.number().int().min(1).max(10_000).default(1_000),
   CONTENT_MAX_BYTES: positiveInt.default(32 * 1024),
   METADATA_MAX_BYTES: positiveInt.default(8 * 1024),
+  IMPORT_MAX_LINES: z.coerce.number().int().min(1).max(100_000_000).default(1_000_000),
   SEARCH_EF_SEARCH: z.coerce.number().int().min(1).max(1000).default(100),
   SEARCH_MAX_SCAN_TUPLES: z.coerce.number().int().min(1).max(2_147_483_647).default(20_000),
   HNSW_M: z.coerce.number().int().min(2).max(100).default(16),

@@ -126,6 +126,62 @@ export class RebuildService {
   }
 
   /**
+   * A streamed import's new slot (see ImportService): a rebuild with the import's rows loaded
+   * first, indexed once and switched to. Only if the rebuild lock is free now: null when a
+   * rebuild runs, and the import merges into the active slot instead (which that rebuild's slot
+   * also receives).
+   */
+  async rebuildWithImport(
+    namespace: string,
+    imported: ImportedRows,
+  ): Promise<RebuildResult | null> {
+    await this.takeOverAbandoned(namespace);
+    const lock = await this.locks.tryAcquire(rebuildLockKey(namespace), {
+      ttlMs: this.settings.lockTtlMs,
+      operation: 'import',
+      renew: true,
+    });
+    if (!lock) return null;
+    try {
+      return await this.rebuild(namespace, lock, imported);
+    } finally {
+      await lock
+        .release()
+        .catch((error: unknown) =>
+          this.logger.warn(`release of ${lock.key} failed: ${String(error)}`),
+        );
+    }
+  }
+
+  /**
+   * Drops the slots left building by rebuilds whose process died (an import's, found abandoned
+   * by ImportService.sweep), if the rebuild lock is free now — holding it, no building slot can
+   * be alive. Otherwise the next rebuild or cleanup drops them. Returns the slots dropped.
+   */
+  async dropAbandonedBuilds(namespace: string): Promise<number[]> {
+    await this.takeOverAbandoned(namespace);
+    const lock = await this.locks.tryAcquire(rebuildLockKey(namespace), {
+      ttlMs: this.settings.lockTtlMs,
+      operation: 'drop-abandoned-builds',
+    });
+    if (!lock) return [];
+    try {
+      return await this.fenced(lock, async (client) => {
+        if (!(await this.namespaces.lockForSwitch(client, namespace))) return [];
+        const dropped: number[] = [];
+        for (const slot of await this.namespaces.slots(namespace, client)) {
+          if (slot.status !== 'building') continue;
+          await this.namespaces.retire(client, slot);
+          if (await this.dropSlotIfFree(client, slot)) dropped.push(slot.slot);
+        }
+        return dropped;
+      });
+    } finally {
+      await lock.release().catch(() => undefined);
+    }
+  }
+
+  /**
    * Drops the slots that are neither active nor building (detach + drop: no dead tuples), keeping
    * the previous one for rollback if asked. Under the rebuild lock, so a running rebuild's slot
    * is never touched; a building slot left by a crashed rebuild is dropped too.
@@ -313,7 +369,11 @@ export class RebuildService {
    * vectors of the new model) are copied server-side; only the rest travel through this process
    * to be embedded again.
    */
-  async rebuild(namespace: string, lock: LockHandle): Promise<RebuildResult> {
+  async rebuild(
+    namespace: string,
+    lock: LockHandle,
+    imported?: ImportedRows,
+  ): Promise<RebuildResult> {
     const started = performance.now();
     if (this.shutdown.isDraining) throw shuttingDown(namespace);
     const session = await this.connections.open('rebuild');
@@ -331,6 +391,12 @@ export class RebuildService {
       const counts = { embedded: 0, reused: 0 };
       let processed = 0;
       const sourceTables = new Set<string>();
+      if (imported) {
+        // An import's rows go in first: the copies of the source below then skip what it
+        // replaces (they never overwrite), and upserts made since beginSlot win over it.
+        await this.assertCurrent(lock);
+        processed += await this.vectors.transaction((client) => imported.load(client, target));
+      }
       const total = await this.countItems(source);
       await this.namespaces.updateRebuild(progressId, { phase: 'loading', total });
       for (const table of this.tables.names) {
@@ -379,6 +445,7 @@ export class RebuildService {
         }
       }
       await this.namespaces.updateRebuild(progressId, { phase: 'indexing' });
+      await imported?.onPhase('indexing');
       // Upserts now write the new slot's side tables, so that its index can be built plainly
       // (one pass; CONCURRENTLY adds a validation scan, about a tenth more).
       await withTransactionOn(session, async (client) => {
@@ -399,6 +466,7 @@ export class RebuildService {
         });
       }
       await this.namespaces.updateRebuild(progressId, { phase: 'switching' });
+      await imported?.onPhase('switching');
       await withTransactionOn(session, async (client) => {
         await this.lockOwnNamespace(client, namespace, target, lock);
         for (const table of this.tables.names) {
@@ -680,6 +748,13 @@ const shuttingDown = (namespace: string) =>
     `This replica is shutting down: the rebuild of ${namespace} stopped; send it again ` +
       '(another replica runs it).',
   );
+/** Rows a streamed import adds to a rebuild (see rebuildWithImport). */
+export interface ImportedRows {
+  /** Loads the rows into the new slot, on a transaction of the rebuild; returns how many. */
+  load(client: PoolClient, target: SlotRow): Promise<number>;
+  /** Told when the rebuild starts indexing and switching, for the import's own progress. */
+  onPhase(phase: 'indexing' | 'switching'): Promise<void>;
+}
 
 interface BegunRebuild {
   source: SlotRow;

@@ -63,6 +63,19 @@ export class VectorTables {
     return escapeIdentifier(`${this.partitionName(table, slotId)}_load`);
   }
 
+  /**
+   * The unlogged table a streamed import loads before merging (see ImportService): named after
+   * the import's lock key, so the rows left by an import whose process died can be found and
+   * dropped.
+   */
+  importStaging(table: string, importKey: number): string {
+    return escapeIdentifier(this.importStagingName(table, importKey));
+  }
+
+  importStagingName(table: string, importKey: number): string {
+    return `vec_${this.checked(table)}_import${checkedId(importKey)}`;
+  }
+
   private checked(table: string): string {
     if (!this.has(table)) throw new Error(`unregistered vector table ${table}`);
     return table;

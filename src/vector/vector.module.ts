@@ -1,9 +1,13 @@
 import { Module } from '@nestjs/common';
 import { IndexMaintenance } from './index-maintenance.service';
+import { ImportController } from './import/import.controller';
+import { ImportRepository } from './repositories/import.repository';
+import { ImportService } from './import/import.service';
+import { ItemReadsRepository } from './repositories/item-reads.repository';
 import { ItemsController } from './items.controller';
 import { ItemsService } from './items.service';
+import { NdjsonBodyParser } from './import/ndjson-body';
 import { RebuildService } from './rebuild.service';
-import { ItemReadsRepository } from './repositories/item-reads.repository';
 import { StatisticsRepository } from './repositories/statistics.repository';
 import { StatisticsService } from './statistics.service';
 import { NamespaceRepository } from './repositories/namespace.repository';
@@ -16,7 +20,7 @@ import { VectorTables } from './vector-tables';
 
 /** Namespaces, slots, upserts, rebuilds, cleanup, statistics and search. */
 @Module({
-  controllers: [VectorController, ItemsController],
+  controllers: [VectorController, ItemsController, ImportController],
   providers: [
     VectorTables,
     VectorSettings,
@@ -30,6 +34,9 @@ import { VectorTables } from './vector-tables';
     ItemsService,
     StatisticsRepository,
     StatisticsService,
+    ImportRepository,
+    ImportService,
+    NdjsonBodyParser,
   ],
 })
 export class VectorModule {}

@@ -10,7 +10,7 @@ import { EMBEDDING_PROVIDER } from '../embedding/embedding.module';
 import { EmbeddingProvider } from '../embedding/embedding.types';
 import { LockService, PostgresFencing, WithLock } from '../lock';
 import { BatchDeleteDto } from './dto/delete.dto';
-import { BatchUpsertDto, SearchDto } from './dto/vector.dto';
+import { BatchUpsertDto, SearchDto, UpsertItemDto } from './dto/vector.dto';
 import { FilterNode, parseFilter } from './metadata-filter';
 import { NamespaceRepository } from './repositories/namespace.repository';
 import { SearchHit, VectorItemRepository } from './repositories/vector-item.repository';
@@ -67,6 +67,23 @@ interface PreparedDelete {
   objRefs: string[];
 }
 
+/** Writes rows into one slot (or its side table) of a fenced upsert transaction. */
+export type SlotWriter = (
+  client: PoolClient,
+  slotId: number,
+  epoch: number,
+  into: 'slot' | 'delta',
+) => Promise<number>;
+
+/** Rows staged elsewhere (a streamed import), to be written under the upsert lock. */
+export interface StagedWrite {
+  table: string;
+  namespace: string;
+  /** Refuses (throws) when the rows cannot go into this slot (dimension, model). */
+  assertWritable: (slot: SlotRow) => void;
+  put: SlotWriter;
+}
+
 /**
  * Upserts and search: orchestration over the repositories. Embeddings are computed
  * before the lock is taken, so the lock is held for the write alone.
@@ -118,29 +135,50 @@ export class VectorService {
     operation: 'batch-upsert',
   })
   async write(batch: PreparedBatch): Promise<number> {
-    const lock = this.locks.current(upsertLockKey(batch.table, batch.namespace))!;
+    const { slot } = await this.writeFenced(
+      batch.table,
+      batch.namespace,
+      (slot) => this.assertWritable(batch, slot),
+      (client, slotId, epoch, into) =>
+        this.items.upsert(client, batch.table, slotId, batch.rows, epoch, into),
+    );
+    return slot;
+  }
+
+  /**
+   * A streamed import's rows, already in its staging table, written like a batch (see write):
+   * same lock, same fenced transaction, same slots. `put` copies the staged rows into one slot.
+   */
+  @WithLock({
+    key: (staged: StagedWrite) => upsertLockKey(staged.table, staged.namespace),
+    operation: 'import-merge',
+  })
+  async writeStaged(staged: StagedWrite): Promise<{ slot: number; written: number }> {
+    return this.writeFenced(staged.table, staged.namespace, staged.assertWritable, staged.put);
+  }
+
+  /** The body of write and writeStaged, under the caller's (table, namespace) upsert lock. */
+  private async writeFenced(
+    table: string,
+    namespace: string,
+    assertWritable: (slot: SlotRow) => void,
+    put: SlotWriter,
+  ): Promise<{ slot: number; written: number }> {
+    const lock = this.locks.current(upsertLockKey(table, namespace))!;
     return this.transaction(async (client) => {
       const targets =
-        (await this.namespaces.lockForWrite(client, batch.namespace)) ??
-        (await this.createNamespace(client, batch.namespace));
+        (await this.namespaces.lockForWrite(client, namespace)) ??
+        (await this.createNamespace(client, namespace));
       await this.fencing.check(client, lock);
-      const { namespace, active, building } = targets;
-      this.assertWritable(batch, active);
-      if (building) this.assertWritable(batch, building);
-      await this.items.upsert(client, batch.table, active.id, batch.rows, namespace.epoch);
+      const { namespace: row, active, building } = targets;
+      assertWritable(active);
+      if (building) assertWritable(building);
+      const written = await put(client, active.id, row.epoch, 'slot');
       if (building) {
         // While the building slot's index is built, its copy goes to the slot's side table.
-        const into = namespace.building_indexing ? 'delta' : 'slot';
-        await this.items.upsert(
-          client,
-          batch.table,
-          building.id,
-          batch.rows,
-          namespace.epoch,
-          into,
-        );
+        await put(client, building.id, row.epoch, row.building_indexing ? 'delta' : 'slot');
       }
-      return namespace.active_slot;
+      return { slot: row.active_slot, written };
     });
   }
 
@@ -407,25 +445,33 @@ export class VectorService {
         });
       }
       seen.add(item.obj_ref);
-      if (Buffer.byteLength(item.content) > this.settings.contentMaxBytes) {
-        problems.push({
-          field: `items[${i}].content`,
-          message: `content must be at most ${this.settings.contentMaxBytes} bytes`,
-        });
-      }
-      if (
-        item.metadata !== undefined &&
-        Buffer.byteLength(JSON.stringify(item.metadata)) > this.settings.metadataMaxBytes
-      ) {
-        problems.push({
-          field: `items[${i}].metadata`,
-          message: `metadata must be at most ${this.settings.metadataMaxBytes} bytes of JSON`,
-        });
-      }
-      if (item.embedding)
-        problems.push(...vectorProblems(item.embedding, dimension, `items[${i}].embedding`));
+      problems.push(...this.itemProblems(item, dimension, `items[${i}]`));
     });
     if (problems.length > 0) throw invalidRequest(problems);
+  }
+
+  /** The configured limits of one item (sizes, embedding dimension), beyond its DTO's checks. */
+  itemProblems(item: UpsertItemDto, dimension: number, field: string): FieldError[] {
+    const problems: FieldError[] = [];
+    if (Buffer.byteLength(item.content) > this.settings.contentMaxBytes) {
+      problems.push({
+        field: `${field}.content`,
+        message: `content must be at most ${this.settings.contentMaxBytes} bytes`,
+      });
+    }
+    if (
+      item.metadata !== undefined &&
+      Buffer.byteLength(JSON.stringify(item.metadata)) > this.settings.metadataMaxBytes
+    ) {
+      problems.push({
+        field: `${field}.metadata`,
+        message: `metadata must be at most ${this.settings.metadataMaxBytes} bytes of JSON`,
+      });
+    }
+    if (item.embedding) {
+      problems.push(...vectorProblems(item.embedding, dimension, `${field}.embedding`));
+    }
+    return problems;
   }
 
   /** Rows with embeddings: the client's, a stored one for unchanged content, or a new one. */

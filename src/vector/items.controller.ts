@@ -81,7 +81,15 @@ export class ItemsController {
     description: 'A page (application/json) or the whole slot, one item per line (NDJSON)',
     content: {
       'application/json': { schema: { $ref: getSchemaPath(ExportPageResponseDto) } },
-      [NDJSON]: { schema: { $ref: getSchemaPath(StoredItemDto) } },
+      // The body as a whole is text: one StoredItemDto per line (OpenAPI 3.0 has no way to
+      // describe a sequence of JSON values; validators would take it for one object).
+      [NDJSON]: {
+        schema: {
+          type: 'string',
+          description: 'One StoredItemDto (see components) per line, each line JSON',
+          example: '{"obj_ref":"q1","id":"1","content":"What is 2+2?","metadata":null}\n',
+        },
+      },
     },
   })
   @ApiNotFound()

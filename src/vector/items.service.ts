@@ -101,10 +101,11 @@ export class ItemsService {
   async exportPage(query: ExportItemsQueryDto) {
     this.assertTable(query.table_name);
     const limit = query.limit ?? EXPORT_DEFAULT_LIMIT;
+    const withEmbeddings = query.include_embeddings ?? false;
     const after = query.cursor === undefined ? '' : this.decodeCursor(query).k;
     // One row more than asked for tells whether another page follows.
     const { slot, read } = await this.readActive(query.namespace, (current) =>
-      this.reads.page(query.table_name, current, after, limit + 1, query.include_embeddings),
+      this.reads.page(query.table_name, current, after, limit + 1, withEmbeddings),
     );
     const page = read.items.slice(0, limit);
     const more = read.items.length > limit;
@@ -112,7 +113,7 @@ export class ItemsService {
       success: true as const,
       namespace: query.namespace,
       slot: slot.slot,
-      items: page.map((item) => toJson(item, query.include_embeddings)),
+      items: page.map((item) => toJson(item, withEmbeddings)),
       next_cursor: more
         ? encodeCursor({
             t: query.table_name,
@@ -144,7 +145,11 @@ export class ItemsService {
       problems.push({ field: 'limit', message: 'applies to JSON pages, not the NDJSON stream' });
     }
     if (problems.length > 0) throw invalidRequest(problems);
-    const pages = this.ndjsonPages(query.table_name, query.namespace, query.include_embeddings);
+    const pages = this.ndjsonPages(
+      query.table_name,
+      query.namespace,
+      query.include_embeddings ?? false,
+    );
     // The first page is begun here, so errors before the first byte are ordinary answers.
     const first = await pages.next();
     const logger = this.logger;

@@ -40,6 +40,8 @@ interface Exchange {
   /** A function when it depends on an earlier answer (e.g. a cursor). */
   query?: Record<string, string> | (() => Record<string, string>);
   body?: unknown;
+  /** A body that is not JSON (an NDJSON import), sent as is with its content type. */
+  raw?: { type: string; text: string };
   headers?: Record<string, string>;
   /** Default: admin. `bad` sends a key the service does not know (Prism only checks presence). */
   as?: Caller;
@@ -64,6 +66,8 @@ interface Context {
   lockKey: (name: string) => string;
   /** Set from an answer, for a later request. */
   cursor?: string;
+  itemsCursor?: string;
+  importId?: string;
 }
 
 const item = (ref: string) => ({ obj_ref: ref, content: `content of ${ref}` });
@@ -313,6 +317,161 @@ const exchanges = (c: Context): Record<string, Exchange[]> => ({
     { name: 'key outside the prefix: 400', path: `${V}/lock/elsewhere`, status: 400 },
     { name: 'read key: 403', as: 'read', path: `${V}/lock/${c.lockKey('free')}`, status: 403 },
   ],
+  [`POST ${V}/items/get`]: [
+    {
+      name: 'found and not found',
+      as: 'read',
+      body: { table_name: 'questions', namespace: c.namespace, obj_refs: ['a', 'never'] },
+      status: 200,
+      check: (body) => expect(body.not_found).toEqual(['never']),
+    },
+    {
+      name: 'with embeddings',
+      as: 'read',
+      body: {
+        table_name: 'questions',
+        namespace: c.namespace,
+        obj_refs: ['a'],
+        include_embeddings: true,
+      },
+      status: 200,
+    },
+    {
+      name: 'an obj_ref twice: 400',
+      as: 'read',
+      body: { table_name: 'questions', namespace: c.namespace, obj_refs: ['a', 'a'] },
+      status: 400,
+    },
+    {
+      name: 'unknown namespace: 404',
+      as: 'read',
+      body: { table_name: 'questions', namespace: c.missing, obj_refs: ['a'] },
+      status: 404,
+    },
+  ],
+  [`GET ${V}/items`]: [
+    {
+      name: 'a page of one',
+      as: 'read',
+      query: { table_name: 'questions', namespace: c.namespace, limit: '1' },
+      status: 200,
+      check: (body) => {
+        expect(body.next_cursor).toEqual(expect.any(String));
+        c.itemsCursor = body.next_cursor as string;
+      },
+    },
+    {
+      name: 'the next page, by cursor, with embeddings',
+      as: 'read',
+      query: () => ({
+        table_name: 'questions',
+        namespace: c.namespace,
+        cursor: c.itemsCursor!,
+        include_embeddings: 'true',
+      }),
+      status: 200,
+    },
+    {
+      name: 'NDJSON stream',
+      as: 'read',
+      query: { table_name: 'questions', namespace: c.namespace },
+      headers: { accept: 'application/x-ndjson' },
+      status: 200,
+    },
+    {
+      name: 'forged cursor: 400',
+      as: 'read',
+      query: { table_name: 'questions', namespace: c.namespace, cursor: 'forged' },
+      status: 400,
+    },
+    {
+      name: 'unknown namespace: 404',
+      as: 'read',
+      query: { table_name: 'questions', namespace: c.missing },
+      status: 404,
+    },
+  ],
+  [`POST ${V}/batch-delete`]: [
+    {
+      name: 'deleted and not found',
+      as: 'write',
+      body: { table_name: 'questions', namespace: c.namespace, obj_refs: ['b', 'never'] },
+      status: 200,
+      check: (body) => expect(body).toMatchObject({ deleted: 1, not_found: ['never'] }),
+    },
+    {
+      name: 'an obj_ref twice: 400',
+      as: 'write',
+      body: { table_name: 'questions', namespace: c.namespace, obj_refs: ['a', 'a'] },
+      status: 400,
+    },
+    {
+      name: 'unknown namespace: 404',
+      as: 'write',
+      body: { table_name: 'questions', namespace: c.missing, obj_refs: ['a'] },
+      status: 404,
+    },
+    {
+      name: 'read key: 403',
+      as: 'read',
+      body: { table_name: 'questions', namespace: c.namespace, obj_refs: ['a'] },
+      status: 403,
+    },
+  ],
+  [`POST ${V}/import`]: [
+    {
+      name: 'two lines',
+      as: 'write',
+      query: { table_name: 'questions', namespace: c.namespace },
+      raw: {
+        type: 'application/x-ndjson',
+        text: `${JSON.stringify(item('i1'))}\n${JSON.stringify(item('i2'))}\n`,
+      },
+      status: 200,
+      check: (body) => {
+        expect(body.processed).toBe(2);
+        c.importId = body.import_id as string;
+      },
+    },
+    {
+      name: 'a bad line: 400 with its number',
+      as: 'write',
+      query: { table_name: 'questions', namespace: c.namespace },
+      raw: { type: 'application/x-ndjson', text: `${JSON.stringify(item('i3'))}\n{"obj_ref":1}\n` },
+      status: 400,
+      check: (body) => expect(body.line).toBe(2),
+    },
+  ],
+  [`GET ${V}/imports/{id}`]: [
+    {
+      name: 'a finished import',
+      as: 'read',
+      get path() {
+        return `${V}/imports/${c.importId}`;
+      },
+      status: 200,
+    },
+    {
+      name: 'unknown id: 404',
+      as: 'read',
+      path: `${V}/imports/00000000-0000-4000-8000-000000000000`,
+      status: 404,
+    },
+  ],
+  [`GET ${V}/imports`]: [
+    { name: 'latest of a namespace', as: 'read', query: { namespace: c.namespace }, status: 200 },
+    { name: 'no import: 404', as: 'read', query: { namespace: c.lonely }, status: 404 },
+  ],
+  [`DELETE ${V}/namespaces/{namespace}`]: [
+    { name: 'drop a namespace', path: `${V}/namespaces/${c.lonely}`, status: 200 },
+    { name: 'unknown namespace: 404', path: `${V}/namespaces/${c.missing}`, status: 404 },
+    {
+      name: 'write key: 403',
+      as: 'write',
+      path: `${V}/namespaces/${c.namespace}`,
+      status: 403,
+    },
+  ],
 });
 
 interface OpenApiDocument {
@@ -386,10 +545,13 @@ describe('the OpenAPI document is the contract (Stoplight Prism validating real 
     const headers: Record<string, string> = { ...exchange.headers };
     if (caller !== 'anonymous') headers.authorization = `Bearer ${SECRETS[caller]}`;
     if (exchange.body !== undefined) headers['content-type'] = 'application/json';
+    if (exchange.raw) headers['content-type'] = exchange.raw.type;
     return fetch(url, {
       method,
       headers,
-      body: exchange.body === undefined ? undefined : JSON.stringify(exchange.body),
+      body:
+        exchange.raw?.text ??
+        (exchange.body === undefined ? undefined : JSON.stringify(exchange.body)),
     });
   };
 
@@ -462,7 +624,9 @@ describe('the OpenAPI document is the contract (Stoplight Prism validating real 
         }
         const text = await response.text();
         const body = (
-          text && response.headers.get('content-type')?.includes('json') ? JSON.parse(text) : {}
+          text && /^application\/(problem\+)?json/.test(response.headers.get('content-type') ?? '')
+            ? JSON.parse(text)
+            : {}
         ) as Record<string, unknown>;
         const where = `${route} — ${exchange.name}`;
         const violations = response.headers.get('sl-violations');

@@ -73,11 +73,11 @@ export class ExportItemsQueryDto {
   @Max(EXPORT_MAX_LIMIT)
   limit?: number;
 
-  /** `true`: each item also carries its embedding. */
+  /** `true`: each item also carries its embedding (default false). */
   @IsOptional()
   @Transform(queryBoolean)
   @IsBoolean()
-  include_embeddings: boolean = false;
+  include_embeddings?: boolean;
 }
 
 /* Response bodies, for the OpenAPI document (the Nest CLI plugin reads these classes). */

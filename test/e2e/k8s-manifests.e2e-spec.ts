@@ -48,8 +48,12 @@ function kustomize(dir: string): Manifest[] {
   try {
     output = execFileSync('kubectl', ['kustomize', dir], { encoding: 'utf8' });
   } catch (error) {
-    const reason = (error as NodeJS.ErrnoException).code === 'ENOENT' ? 'kubectl not found' : '';
-    throw new Error(`kubectl kustomize ${dir} failed ${reason}: ${String(error)}`);
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') {
+      throw new Error(
+        'kubectl is not on PATH: the Kubernetes manifest test needs `kubectl kustomize`',
+      );
+    }
+    throw new Error(`kubectl kustomize ${dir} failed: ${String(error)}`);
   }
   return parseAllDocuments(output).map((document) => {
     if (document.errors.length) throw new Error(document.errors.map(String).join('; '));

@@ -369,9 +369,12 @@ describe('Vector import: streamed NDJSON', () => {
       expect(Object.keys(post.responses)).toContain(status);
     }
     // (The query DTO's fields are described by the Nest CLI plugin, in the built service only.)
-    expect(post.parameters!.filter((p) => p.in === 'header').map((p) => p.name)).toEqual([
-      'x-import-id',
-    ]);
+    expect(
+      post
+        .parameters!.filter((p) => p.in === 'header')
+        .map((p) => p.name)
+        .sort(),
+    ).toEqual(['Idempotency-Key', 'x-import-id']);
     expect(document.paths['/api/v1/vector/imports/{id}'].get.summary).toContain('scope: read');
     expect(document.paths['/api/v1/vector/imports'].get.responses).toHaveProperty('404');
   });

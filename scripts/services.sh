@@ -55,6 +55,22 @@ if [ "${#need[@]}" -gt 0 ]; then
   apt_install "${need[@]}"
 fi
 
+# --- promtool ---------------------------------------------------------------------------
+# The observability tests lint metrics and unit-test the alert rules with promtool. Only that
+# binary is taken from Debian's prometheus package (unpacked, not installed), so no Prometheus
+# server, user or service ever appears on the machine.
+if ! command -v promtool >/dev/null 2>&1; then
+  log "installing promtool from Debian's prometheus package"
+  if [ "$apt_updated" -eq 0 ]; then as_root apt-get update -qq; apt_updated=1; fi
+  promtool_work=$(mktemp -d)
+  (cd "$promtool_work" && apt-get download -qq prometheus >/dev/null 2>&1 ||
+    as_root apt-get -o APT::Sandbox::User=root download -qq prometheus >/dev/null)
+  dpkg-deb -x "$promtool_work"/prometheus_*.deb "$promtool_work/root"
+  as_root install -m 0755 "$promtool_work/root/usr/bin/promtool" /usr/local/bin/promtool
+  rm -rf "$promtool_work"
+  log "$(promtool --version 2>&1 | head -n1)"
+fi
+
 # --- pgvector ---------------------------------------------------------------------------
 # Not packaged for bookworm: build it from the trixie source package. The deb-src entry lives
 # in a sources file and lists directory of its own, so the system's apt state never sees trixie.

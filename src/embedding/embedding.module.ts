@@ -1,6 +1,8 @@
 import { Global, Module } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
+import { Registry } from 'prom-client';
 import { Env } from '../config/env.schema';
+import { MeteredEmbeddingProvider } from './embedding.metrics';
 import { EmbeddingProvider } from './embedding.types';
 import { HashEmbeddingProvider } from './hash.provider';
 import { OpenAiEmbeddingProvider } from './openai.provider';
@@ -27,7 +29,16 @@ export function createEmbeddingProvider(config: ConfigService<Env, true>): Embed
 @Global()
 @Module({
   providers: [
-    { provide: EMBEDDING_PROVIDER, inject: [ConfigService], useFactory: createEmbeddingProvider },
+    {
+      provide: EMBEDDING_PROVIDER,
+      inject: [ConfigService, Registry],
+      useFactory: (config: ConfigService<Env, true>, registry: Registry) =>
+        new MeteredEmbeddingProvider(
+          createEmbeddingProvider(config),
+          config.get('EMBEDDING_PROVIDER', { infer: true }),
+          registry,
+        ),
+    },
   ],
   exports: [EMBEDDING_PROVIDER],
 })

@@ -26,6 +26,7 @@ import { NamespaceRepository } from './repositories/namespace.repository';
 import { VectorItemRepository } from './repositories/vector-item.repository';
 import { VectorSchemaRepository } from './repositories/vector-schema.repository';
 import { unknownNamespace } from './vector.errors';
+import { VectorMetrics } from './vector.metrics';
 import { VectorService } from './vector.service';
 import { VectorSettings } from './vector-settings';
 import { VectorTables } from './vector-tables';
@@ -82,6 +83,7 @@ export class RebuildService {
     private readonly indexes: IndexMaintenance,
     private readonly idempotency: IdempotencyService,
     private readonly shutdown: ShutdownState,
+    private readonly metrics: VectorMetrics,
   ) {}
 
   /**
@@ -384,6 +386,7 @@ export class RebuildService {
     this.shutdown.signal.addEventListener('abort', stopStatement, { once: true });
     const stop = AbortSignal.any([lock.signal, this.shutdown.signal]);
     let begun: BegunRebuild | undefined;
+    const timing = this.metrics.startRebuild();
     try {
       begun = await this.beginSlot(session, namespace, lock);
       const { source, target, progressId, leftovers } = begun;
@@ -398,6 +401,7 @@ export class RebuildService {
         processed += await this.vectors.transaction((client) => imported.load(client, target));
       }
       const total = await this.countItems(source);
+      timing.enter('loading');
       await this.namespaces.updateRebuild(progressId, { phase: 'loading', total });
       for (const table of this.tables.names) {
         // A table registered after this namespace was created has nothing to carry over.
@@ -444,6 +448,7 @@ export class RebuildService {
           );
         }
       }
+      timing.enter('indexing');
       await this.namespaces.updateRebuild(progressId, { phase: 'indexing' });
       await imported?.onPhase('indexing');
       // Upserts now write the new slot's side tables, so that its index can be built plainly
@@ -465,6 +470,7 @@ export class RebuildService {
           on: session,
         });
       }
+      timing.enter('switching');
       await this.namespaces.updateRebuild(progressId, { phase: 'switching' });
       await imported?.onPhase('switching');
       await withTransactionOn(session, async (client) => {
@@ -496,6 +502,7 @@ export class RebuildService {
         phase: 'done',
         processed,
       });
+      timing.end('succeeded');
       await this.indexes
         .ensureAll()
         .catch((error: unknown) =>
@@ -528,14 +535,21 @@ export class RebuildService {
           );
         }
       }
-      if (this.shutdown.isDraining) throw shuttingDown(namespace);
+      if (this.shutdown.isDraining) {
+        timing.end('stopped');
+        throw shuttingDown(namespace);
+      }
       // Superseded mid-step (its slot's tables dropped under it by the successor, say): the
       // cause to report is the lost lease, not what it broke.
       if (!(error instanceof StaleFenceError) && (await this.superseded(lock))) {
+        timing.end('superseded');
         throw new StaleFenceError(lock.key, lock.fence);
       }
+      timing.end(error instanceof StaleFenceError ? 'superseded' : 'failed');
       throw error;
     } finally {
+      // Whatever else ended it (a throw from the bookkeeping above) counts as failed.
+      timing.end('failed');
       this.shutdown.signal.removeEventListener('abort', stopStatement);
       // Closing the connection ends the session lock with it, whatever state it is in.
       await session.end().catch(() => undefined);

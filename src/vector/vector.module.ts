@@ -13,8 +13,10 @@ import { StatisticsService } from './statistics.service';
 import { NamespaceRepository } from './repositories/namespace.repository';
 import { VectorItemRepository } from './repositories/vector-item.repository';
 import { VectorSchemaRepository } from './repositories/vector-schema.repository';
+import { SlotSizeRepository } from './repositories/slot-size.repository';
 import { VectorController } from './vector.controller';
 import { VectorService } from './vector.service';
+import { VectorMetrics } from './vector.metrics';
 import { VectorSettings } from './vector-settings';
 import { VectorTables } from './vector-tables';
 
@@ -37,6 +39,8 @@ import { VectorTables } from './vector-tables';
     ImportRepository,
     ImportService,
     NdjsonBodyParser,
+    SlotSizeRepository,
+    VectorMetrics,
   ],
 })
 export class VectorModule {}

@@ -17,6 +17,7 @@ import { SearchHit, VectorItemRepository } from './repositories/vector-item.repo
 import { VectorSchemaRepository } from './repositories/vector-schema.repository';
 import { modelMismatch, unknownNamespace } from './vector.errors';
 import { VectorSettings } from './vector-settings';
+import { VectorMetrics } from './vector.metrics';
 import { VectorTables } from './vector-tables';
 import { ItemRow, SlotRow } from './vector.types';
 
@@ -102,15 +103,21 @@ export class VectorService {
     private readonly items: VectorItemRepository,
     private readonly schema: VectorSchemaRepository,
     private readonly locks: LockService,
+    private readonly metrics: VectorMetrics,
   ) {}
 
   async batchUpsert(dto: BatchUpsertDto): Promise<UpsertResult> {
+    const started = performance.now();
     this.assertTable(dto.table_name, 'table_name');
     const active = await this.activeSlot(dto.namespace);
     const dimension = active?.dimension ?? this.embedder.dimension;
     this.validateBatch(dto, dimension);
     const batch = await this.prepare(dto, active);
     const slot = await this.write(batch);
+    this.metrics.upsertDuration.observe(
+      { table: dto.table_name },
+      (performance.now() - started) / 1000,
+    );
     return {
       success: true,
       processed: batch.rows.length,
@@ -165,7 +172,7 @@ export class VectorService {
     put: SlotWriter,
   ): Promise<{ slot: number; written: number }> {
     const lock = this.locks.current(upsertLockKey(table, namespace))!;
-    return this.transaction(async (client) => {
+    const result = await this.transaction(async (client) => {
       const targets =
         (await this.namespaces.lockForWrite(client, namespace)) ??
         (await this.createNamespace(client, namespace));
@@ -180,6 +187,8 @@ export class VectorService {
       }
       return { slot: row.active_slot, written };
     });
+    this.metrics.itemsUpserted.inc({ table }, result.written);
+    return result;
   }
 
   /**
@@ -216,7 +225,7 @@ export class VectorService {
   })
   async remove(batch: PreparedDelete): Promise<DeleteResult> {
     const lock = this.locks.current(upsertLockKey(batch.table, batch.namespace))!;
-    return this.transaction(async (client) => {
+    const result = await this.transaction(async (client) => {
       const targets = await this.namespaces.lockForWrite(client, batch.namespace);
       if (!targets) throw unknownNamespace(batch.namespace);
       await this.fencing.check(client, lock);
@@ -246,6 +255,8 @@ export class VectorService {
         not_found: batch.objRefs.filter((objRef) => !gone.has(objRef)),
       };
     });
+    this.metrics.itemsDeleted.inc({ table: batch.table }, result.deleted);
+    return result;
   }
 
   /**
@@ -284,6 +295,7 @@ export class VectorService {
     }
     const { filter, errors } = parseFilter(dto.filter);
     if (errors.length > 0) throw invalidRequest(errors);
+    const started = performance.now();
     let slot = await this.searchSlot(dto.namespace);
     // The statement names the slot it found active; a switch since the cache was filled costs
     // one more statement. Bounded: a namespace switching on every try is not worth chasing.
@@ -295,6 +307,14 @@ export class VectorService {
       });
       if (outcome && outcome.activeSlot === slot.slot) {
         if (!outcome.found) throw unknownItem(dto.namespace, dto.table_name, dto.obj_ref!);
+        this.metrics.searchDuration.observe(
+          {
+            table: dto.table_name,
+            kind: dto.query !== undefined ? 'query' : dto.vector !== undefined ? 'vector' : 'item',
+            filtered: filter ? 'true' : 'false',
+          },
+          (performance.now() - started) / 1000,
+        );
         return outcome.response;
       }
       if (attempt >= 3) throw new ServiceUnavailableException('The namespace keeps switching.');

@@ -5,11 +5,8 @@
  *   npm run bench:namespaces   (BENCH_NS_CHECKPOINTS=1000,5000  BENCH_NS_CONCURRENCY=3
  *                               BENCH_NS_PAGE_SAMPLES=15)
  */
-import { spawn } from 'node:child_process';
+import { startBenchService } from './support/service-process';
 import { randomBytes } from 'node:crypto';
-import { once } from 'node:events';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { Client, Pool } from 'pg';
 import { runMigrations } from '../src/database/migrator';
 import { LeanHttpClient } from './support/lean-http-client';
@@ -186,38 +183,16 @@ async function catalog(pool: Pool) {
 }
 
 async function startService(databaseUrl: string) {
-  const port = 20_000 + Math.floor(Math.random() * 20_000);
-  const child = spawn(process.execPath, [join(__dirname, '../dist/main.js')], {
-    cwd: tmpdir(),
-    env: {
-      PATH: process.env.PATH,
-      NODE_ENV: 'test',
-      DATABASE_URL: databaseUrl,
-      REDIS_URL,
-      LOG_LEVEL: 'error',
-      RATE_LIMIT_WRITE_PER_MINUTE: '100000000',
-      HOST: '127.0.0.1',
-      PORT: String(port),
-    },
-    stdio: 'ignore',
+  const { base, stop } = await startBenchService(databaseUrl, REDIS_URL, {
+    RATE_LIMIT_WRITE_PER_MINUTE: '100000000',
   });
-  const base = `http://127.0.0.1:${port}/api/v1/vector`;
-  for (;;) {
-    const live = await fetch(`${base}/health/live`).catch(() => undefined);
-    if (live?.ok) break;
-    if (child.exitCode !== null) throw new Error('the service did not start (run `npm run build`)');
-    await new Promise((resolve) => setTimeout(resolve, 200));
-  }
   const client = new LeanHttpClient(new URL(base), CONCURRENCY);
   return {
     base,
     client,
     stop: async () => {
       client.close();
-      if (child.exitCode !== null) return;
-      const exited = once(child, 'exit');
-      child.kill('SIGTERM');
-      await exited;
+      await stop();
     },
   };
 }

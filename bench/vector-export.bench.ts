@@ -13,12 +13,10 @@
  * - COPY: the same NDJSON lines the service sends (the same SQL expression), in one
  *   `COPY … TO STDOUT` of the whole slot: Postgres's own cost of producing those bytes.
  */
-import { spawn } from 'node:child_process';
+import { startBenchService } from './support/service-process';
 import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { IncomingMessage, get } from 'node:http';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { Client } from 'pg';
@@ -261,28 +259,7 @@ async function rawCopy(
 
 /** The built service (dist/main.js, `npm run build` first) in its own process. */
 async function startService(databaseUrl: string) {
-  const port = 20_000 + Math.floor(Math.random() * 20_000);
-  const child = spawn(process.execPath, [join(__dirname, '../dist/main.js')], {
-    cwd: tmpdir(),
-    env: {
-      PATH: process.env.PATH,
-      NODE_ENV: 'test',
-      DATABASE_URL: databaseUrl,
-      REDIS_URL,
-      LOG_LEVEL: 'error',
-      RATE_LIMIT_WRITE_PER_MINUTE: '1000000',
-      HOST: '127.0.0.1',
-      PORT: String(port),
-    },
-    stdio: 'ignore',
-  });
-  const base = `http://127.0.0.1:${port}/api/v1/vector`;
-  for (;;) {
-    const live = await fetch(`${base}/health/live`).catch(() => undefined);
-    if (live?.ok) break;
-    if (child.exitCode !== null) throw new Error('the service did not start (run `npm run build`)');
-    await new Promise((resolve) => setTimeout(resolve, 200));
-  }
+  const { base, child, stop } = await startBenchService(databaseUrl, REDIS_URL);
   return {
     base,
     post: async (path: string, body: object) => {
@@ -300,9 +277,7 @@ async function startService(databaseUrl: string) {
       return Number(match![1]) / 1024;
     },
     stop: async () => {
-      const exited = once(child, 'exit');
-      child.kill('SIGTERM');
-      await exited;
+      await stop();
     },
   };
 }

@@ -8,11 +8,9 @@
  *   npm run bench:vector:filter   (BENCH_ROWS=100000, BENCH_SEARCH_ROUNDS=7 pairs of
  *                                  BENCH_SEARCH_SECONDS=3, each after BENCH_SEARCH_SETTLE_SECONDS=3)
  */
-import { spawn } from 'node:child_process';
-import { once } from 'node:events';
+import { startBenchService } from './support/service-process';
+import { clustered, seeded } from './support/vectors';
 import { readFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { Client, Pool } from 'pg';
 import pgvector from 'pgvector/pg';
 import { runMigrations } from '../src/database/migrator';
@@ -42,32 +40,6 @@ const FILTERS = [
   { name: '1%', filter: { rare: 'r42' }, containment: '{"rare":"r42"}' },
 ];
 
-/** mulberry32: a seeded 32-bit generator. */
-function seeded(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
-
-/** Clustered unit vectors (100 centres), as in bench/vector.bench.ts. */
-function clustered(count: number, seed: number): number[][] {
-  const random = seeded(seed);
-  const gaussian = () =>
-    Math.sqrt(-2 * Math.log(random() + 1e-12)) * Math.cos(2 * Math.PI * random());
-  const centres = Array.from({ length: 100 }, () => Array.from({ length: DIM }, gaussian));
-  return Array.from({ length: count }, () => {
-    const centre = centres[Math.floor(random() * centres.length)];
-    const v = centre.map((x) => x + 0.6 * gaussian());
-    const norm = Math.hypot(...v);
-    return v.map((x) => x / norm);
-  });
-}
-
 /** Metadata of row i: independent of its vector; each category and rare value spread out. */
 function metadataOf(i: number, random: () => number) {
   return {
@@ -91,7 +63,7 @@ async function main() {
   const pool = new Pool({ connectionString: databaseUrl, max: 4 });
 
   // --- set-up, not measured: the namespace's slot 1 loaded straight into its partition ------
-  const drawn = clustered(ROWS + 200, 42);
+  const drawn = clustered(ROWS + 200, 42, DIM);
   const vectors = drawn.slice(0, ROWS);
   const queries = drawn.slice(ROWS);
   let service = await startService(databaseUrl);
@@ -328,39 +300,17 @@ async function planOf(pool: Pool, settings: string, sql: string, values: unknown
 
 /** The service (dist/main.js; `npm run build` first) in its own process. */
 async function startService(databaseUrl: string) {
-  const port = 20_000 + Math.floor(Math.random() * 20_000);
-  const child = spawn(process.execPath, [join(__dirname, '../dist/main.js')], {
-    cwd: tmpdir(),
-    env: {
-      PATH: process.env.PATH,
-      NODE_ENV: 'test',
-      DATABASE_URL: databaseUrl,
-      REDIS_URL,
-      LOG_LEVEL: 'error',
-      RATE_LIMIT_WRITE_PER_MINUTE: '1000000',
-      HOST: '127.0.0.1',
-      PORT: String(port),
-      SEARCH_EF_SEARCH: String(EF_SEARCH),
-      SEARCH_MAX_SCAN_TUPLES: String(MAX_SCAN_TUPLES),
-    },
-    stdio: 'ignore',
+  const { base, child, stop } = await startBenchService(databaseUrl, REDIS_URL, {
+    SEARCH_EF_SEARCH: String(EF_SEARCH),
+    SEARCH_MAX_SCAN_TUPLES: String(MAX_SCAN_TUPLES),
   });
-  const base = `http://127.0.0.1:${port}/api/v1/vector`;
-  for (;;) {
-    const live = await fetch(`${base}/health/live`).catch(() => undefined);
-    if (live?.ok) break;
-    if (child.exitCode !== null) throw new Error('the service did not start (run `npm run build`)');
-    await new Promise((resolve) => setTimeout(resolve, 200));
-  }
   const client = new LeanHttpClient(new URL(base), CONCURRENCY);
   return {
     client,
     pid: child.pid!,
     stop: async () => {
       client.close();
-      const exited = once(child, 'exit');
-      child.kill('SIGTERM');
-      await exited;
+      await stop();
     },
   };
 }

@@ -7,12 +7,10 @@
  * Rounds alternate which side goes first; ratios are medians of the per-round ratios.
  *   npm run bench:vector:import   (BENCH_IMPORT_ROUNDS=3 large, BENCH_MERGE_ROUNDS=5 small)
  */
-import { spawn } from 'node:child_process';
+import { startBenchService } from './support/service-process';
+import { clustered } from './support/vectors';
 import { createHash } from 'node:crypto';
-import { once } from 'node:events';
 import { request } from 'node:http';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { Readable } from 'node:stream';
 import { Client, Pool } from 'pg';
@@ -36,32 +34,6 @@ const MERGE_ROWS = 10_000;
 const MERGE_ROUNDS = Number(process.env.BENCH_MERGE_ROUNDS ?? 5);
 const RAW_UPSERT_BATCH = 1_000;
 const DIM = 384;
-
-/** mulberry32, as in vector.bench.ts. */
-function seeded(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
-
-/** Clustered unit vectors (100 centres), rounded to float4's 7 significant digits. */
-function clustered(count: number, seed: number): number[][] {
-  const random = seeded(seed);
-  const gaussian = () =>
-    Math.sqrt(-2 * Math.log(random() + 1e-12)) * Math.cos(2 * Math.PI * random());
-  const centres = Array.from({ length: 100 }, () => Array.from({ length: DIM }, gaussian));
-  return Array.from({ length: count }, () => {
-    const centre = centres[Math.floor(random() * centres.length)];
-    const v = centre.map((x) => x + 0.6 * gaussian());
-    const norm = Math.hypot(...v);
-    return v.map((x) => Number((x / norm).toPrecision(7)));
-  });
-}
 
 interface Row {
   obj_ref: string;
@@ -181,7 +153,7 @@ async function main() {
   const report: (string | number)[][] = [];
 
   // --- 1. ROWS × 384 into an empty namespace ----------------------------------------------
-  const vectors = clustered(ROWS, 42);
+  const vectors = clustered(ROWS, 42, DIM, 7);
   const rows: Row[] = vectors.map((embedding, i) => ({
     obj_ref: `v${i}`,
     content: `item ${i}`,
@@ -235,7 +207,7 @@ async function main() {
       content_hash = EXCLUDED.content_hash, embedding = EXCLUDED.embedding, updated_at = now()`;
   const mergeSeconds: number[] = [];
   const upsertSeconds: number[] = [];
-  const fresh = clustered(MERGE_ROWS * MERGE_ROUNDS, 7);
+  const fresh = clustered(MERGE_ROWS * MERGE_ROUNDS, 7, DIM, 7);
   for (let round = 0; round < MERGE_ROUNDS; round++) {
     // Half replace stored items (distinct ones each round), half are new.
     const batch: Row[] = fresh
@@ -305,34 +277,11 @@ async function main() {
 
 /** The service as production runs it (dist/main.js, `npm run build` first) in its own process. */
 async function startService(databaseUrl: string) {
-  const port = 20_000 + Math.floor(Math.random() * 20_000);
-  const child = spawn(process.execPath, [join(__dirname, '../dist/main.js')], {
-    cwd: tmpdir(),
-    env: {
-      PATH: process.env.PATH,
-      NODE_ENV: 'test',
-      DATABASE_URL: databaseUrl,
-      REDIS_URL,
-      LOG_LEVEL: 'error',
-      RATE_LIMIT_WRITE_PER_MINUTE: '1000000',
-      HOST: '127.0.0.1',
-      PORT: String(port),
-    },
-    stdio: 'ignore',
-  });
-  const base = `http://127.0.0.1:${port}/api/v1/vector`;
-  for (;;) {
-    const live = await fetch(`${base}/health/live`).catch(() => undefined);
-    if (live?.ok) break;
-    if (child.exitCode !== null) throw new Error('the service did not start (run `npm run build`)');
-    await new Promise((resolve) => setTimeout(resolve, 200));
-  }
+  const { base, stop } = await startBenchService(databaseUrl, REDIS_URL);
   return {
     base,
     stop: async () => {
-      const exited = once(child, 'exit');
-      child.kill('SIGTERM');
-      await exited;
+      await stop();
     },
   };
 }

@@ -5,11 +5,9 @@
  *   npm run bench:vector      (BENCH_ROWS=100000, BENCH_SEARCH_ROUNDS=7 pairs of BENCH_SEARCH_SECONDS=3,
  *                              each after BENCH_SEARCH_SETTLE_SECONDS=3 of unmeasured load)
  */
-import { spawn } from 'node:child_process';
-import { once } from 'node:events';
+import { startBenchService } from './support/service-process';
+import { clustered } from './support/vectors';
 import { readFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { Client, Pool } from 'pg';
 import { from as copyFrom, to as copyTo } from 'pg-copy-streams';
@@ -31,32 +29,6 @@ const CLOCK_TICKS_PER_SECOND = 100;
 const SEARCH_SECONDS = Number(process.env.BENCH_SEARCH_SECONDS ?? 3);
 const SEARCH_ROUNDS = Number(process.env.BENCH_SEARCH_ROUNDS ?? 7);
 const SEARCH_SETTLE_SECONDS = Number(process.env.BENCH_SEARCH_SETTLE_SECONDS ?? 3);
-
-/** mulberry32: a seeded 32-bit generator (integer arithmetic, so its period is the full 2^32). */
-function seeded(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
-
-/** Clustered unit vectors: 100 centres, points scattered around them. */
-function clustered(count: number, seed: number): number[][] {
-  const random = seeded(seed);
-  const gaussian = () =>
-    Math.sqrt(-2 * Math.log(random() + 1e-12)) * Math.cos(2 * Math.PI * random());
-  const centres = Array.from({ length: 100 }, () => Array.from({ length: DIM }, gaussian));
-  return Array.from({ length: count }, () => {
-    const centre = centres[Math.floor(random() * centres.length)];
-    const v = centre.map((x) => x + 0.6 * gaussian());
-    const norm = Math.hypot(...v);
-    return v.map((x) => x / norm);
-  });
-}
 
 /** COPY + HNSW build + ANALYZE of a slot's rows into a new table, in seconds. */
 async function rawRebuildFloor(databaseUrl: string, source: string): Promise<number> {
@@ -110,7 +82,7 @@ async function main() {
   // up when the machine's speed drifts during the run.
   const upsertRows = 10_000;
   const upsertBatch = 1_000;
-  const upsertVectors = clustered(upsertRows, 7);
+  const upsertVectors = clustered(upsertRows, 7, DIM);
   await service.client.post(
     '/batch-upsert',
     JSON.stringify({
@@ -160,7 +132,7 @@ async function main() {
   // --- 2. rebuild of ROWS × 384 ----------------------------------------------------------
   // Data and queries from one draw: same clusters (queries from other clusters would have no
   // meaningful nearest neighbours).
-  const drawn = clustered(ROWS + 200, 42);
+  const drawn = clustered(ROWS + 200, 42, DIM);
   const vectors = drawn.slice(0, ROWS);
   const queries = drawn.slice(ROWS);
   await service.client.post(
@@ -340,29 +312,9 @@ async function main() {
  * so the client load of this bench does not share its event loop.
  */
 async function startService(databaseUrl: string) {
-  const port = 20_000 + Math.floor(Math.random() * 20_000);
-  const child = spawn(process.execPath, [join(__dirname, '../dist/main.js')], {
-    cwd: tmpdir(),
-    env: {
-      PATH: process.env.PATH,
-      NODE_ENV: 'test',
-      DATABASE_URL: databaseUrl,
-      REDIS_URL,
-      LOG_LEVEL: 'error',
-      RATE_LIMIT_WRITE_PER_MINUTE: '1000000',
-      HOST: '127.0.0.1',
-      PORT: String(port),
-      SEARCH_EF_SEARCH: String(EF_SEARCH),
-    },
-    stdio: 'ignore',
+  const { base, child, stop } = await startBenchService(databaseUrl, REDIS_URL, {
+    SEARCH_EF_SEARCH: String(EF_SEARCH),
   });
-  const base = `http://127.0.0.1:${port}/api/v1/vector`;
-  for (;;) {
-    const live = await fetch(`${base}/health/live`).catch(() => undefined);
-    if (live?.ok) break;
-    if (child.exitCode !== null) throw new Error('the service did not start (run `npm run build`)');
-    await new Promise((resolve) => setTimeout(resolve, 200));
-  }
   const client = new LeanHttpClient(new URL(base), SEARCH_CONCURRENCY);
   return {
     client,
@@ -374,9 +326,7 @@ async function startService(databaseUrl: string) {
     },
     stop: async () => {
       client.close();
-      const exited = once(child, 'exit');
-      child.kill('SIGTERM');
-      await exited;
+      await stop();
     },
   };
 }

@@ -64,7 +64,7 @@ export class ItemsService {
   ) {}
 
   async fetch(dto: FetchItemsDto) {
-    this.assertTable(dto.table_name);
+    this.tables.assertRegistered(dto.table_name);
     const seen = new Set<string>();
     const problems: FieldError[] = [];
     dto.obj_refs.forEach((objRef, i) => {
@@ -99,7 +99,7 @@ export class ItemsService {
 
   /** One JSON page of at most `limit` items, and the cursor of the next (null at the end). */
   async exportPage(query: ExportItemsQueryDto) {
-    this.assertTable(query.table_name);
+    this.tables.assertRegistered(query.table_name);
     const limit = query.limit ?? EXPORT_DEFAULT_LIMIT;
     const withEmbeddings = query.include_embeddings ?? false;
     const after = query.cursor === undefined ? '' : this.decodeCursor(query).k;
@@ -136,7 +136,7 @@ export class ItemsService {
    * closed, and nothing more is read. No pool connection is held between pages.
    */
   async exportStream(query: ExportItemsQueryDto): Promise<Readable> {
-    this.assertTable(query.table_name);
+    this.tables.assertRegistered(query.table_name);
     const problems: FieldError[] = [];
     if (query.cursor !== undefined) {
       problems.push({ field: 'cursor', message: 'applies to JSON pages, not the NDJSON stream' });
@@ -270,17 +270,6 @@ export class ItemsService {
       throw bad('belongs to an export of another table or namespace');
     }
     return cursor;
-  }
-
-  private assertTable(table: string): void {
-    if (!this.tables.has(table)) {
-      throw invalidRequest([
-        {
-          field: 'table_name',
-          message: `unknown table; registered tables: ${this.tables.names.join(', ')}`,
-        },
-      ]);
-    }
   }
 }
 

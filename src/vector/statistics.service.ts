@@ -65,14 +65,7 @@ export class StatisticsService {
   ) {}
 
   async page(query: StatisticsQueryDto): Promise<StatisticsPage> {
-    if (query.table_name !== undefined && !this.tables.has(query.table_name)) {
-      throw invalidRequest([
-        {
-          field: 'table_name',
-          message: `unknown table; registered tables: ${this.tables.names.join(', ')}`,
-        },
-      ]);
-    }
+    if (query.table_name !== undefined) this.tables.assertRegistered(query.table_name);
     const after = query.cursor === undefined ? null : decodeCursor(query.cursor);
     const limit = query.limit ?? STATISTICS_DEFAULT_LIMIT;
     const tables = query.table_name ? [query.table_name] : [...this.tables.names];

@@ -1,6 +1,7 @@
 import { Injectable } from '@nestjs/common';
 import { ConfigService } from '@nestjs/config';
 import { escapeIdentifier } from 'pg';
+import { invalidRequest } from '../common/validation';
 import { Env } from '../config/env.schema';
 
 /** Namespace names: safe in keys, URLs and logs. */
@@ -21,6 +22,15 @@ export class VectorTables {
 
   has(table: string): boolean {
     return this.names.includes(table);
+  }
+
+  /** A table name from a request: a 400 problem naming `field` unless it is registered. */
+  assertRegistered(table: string, field = 'table_name'): void {
+    if (!this.has(table)) {
+      throw invalidRequest([
+        { field, message: `unknown table; registered tables: ${this.names.join(', ')}` },
+      ]);
+    }
   }
 
   /** The partitioned parent of a table's items. */

@@ -108,7 +108,7 @@ export class VectorService {
 
   async batchUpsert(dto: BatchUpsertDto): Promise<UpsertResult> {
     const started = performance.now();
-    this.assertTable(dto.table_name, 'table_name');
+    this.tables.assertRegistered(dto.table_name);
     const active = await this.activeSlot(dto.namespace);
     const dimension = active?.dimension ?? this.embedder.dimension;
     this.validateBatch(dto, dimension);
@@ -197,7 +197,7 @@ export class VectorService {
    * namespace is refused before the lock; a delete never creates one.
    */
   async batchDelete(dto: BatchDeleteDto): Promise<DeleteResult> {
-    this.assertTable(dto.table_name, 'table_name');
+    this.tables.assertRegistered(dto.table_name);
     const problems: FieldError[] = [];
     const seen = new Set<string>();
     dto.obj_refs.forEach((objRef, i) => {
@@ -286,7 +286,7 @@ export class VectorService {
 
   async search(dto: SearchDto) {
     // Everything about the request is checked before any database access.
-    this.assertTable(dto.table_name, 'table_name');
+    this.tables.assertRegistered(dto.table_name);
     const given = [dto.query, dto.vector, dto.obj_ref].filter((value) => value !== undefined);
     if (given.length !== 1) {
       throw invalidRequest([
@@ -559,14 +559,6 @@ export class VectorService {
       return await work(client);
     } finally {
       client.release();
-    }
-  }
-
-  private assertTable(table: string, field: string): void {
-    if (!this.tables.has(table)) {
-      throw invalidRequest([
-        { field, message: `unknown table; registered tables: ${this.tables.names.join(', ')}` },
-      ]);
     }
   }
 }

@@ -149,14 +149,7 @@ export class ImportService implements OnApplicationBootstrap {
   ): Promise<ImportResult> {
     const started = performance.now();
     try {
-      if (!this.tables.has(table)) {
-        throw invalidRequest([
-          {
-            field: 'table_name',
-            message: `unknown table; registered tables: ${this.tables.names.join(', ')}`,
-          },
-        ]);
-      }
+      this.tables.assertRegistered(table);
       await this.sweep().catch((error: unknown) =>
         this.logger.warn(`could not clean up after abandoned imports: ${String(error)}`),
       );

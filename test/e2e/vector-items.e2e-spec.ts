@@ -519,10 +519,14 @@ describe('Vector items: fetch by obj_ref, export as keyset pages and NDJSON', ()
       const [response] = (await once(request, 'response')) as [IncomingMessage];
       expect(response.statusCode).toBe(200);
       const chunks: Buffer[] = [];
-      response.on('data', (chunk: Buffer) => chunks.push(chunk));
+      // The client stops reading at its first bytes (in the same tick, not after a poll: on a
+      // loaded machine the whole export could arrive meanwhile): the export then waits, mid-page,
+      // on back-pressure.
+      response.on('data', (chunk: Buffer) => {
+        if (chunks.length === 0) response.pause();
+        chunks.push(chunk);
+      });
       await waitFor(() => chunks.length > 0, { what: 'the first bytes' });
-      // The client stops reading: the export waits, mid-page, on back-pressure.
-      response.pause();
       const rebuild = await app.http
         .post('/api/v1/vector/rebuild-index')
         .set('authorization', `Bearer ${SECRETS.write}`)
